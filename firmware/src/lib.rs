@@ -1,0 +1,26 @@
+//! The edgeseg on-board runtime.
+//!
+//! The core of this crate is `no_std`: it builds for bare-metal targets such as
+//! `thumbv7em-none-eabihf` and holds everything that needs no operating system:
+//! the label space ([`classes`]), deterministic randomness ([`rng`]) and the
+//! synthetic road-scene generator ([`synth`]) that serves as built-in dataset
+//! and camera.
+//!
+//! Features: `alloc` adds heap-backed helpers; `std` (default) adds the runtime
+//! that needs an operating system.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod classes;
+pub mod error;
+pub mod rng;
+pub mod size;
+pub mod stats;
+pub mod synth;
+
+pub use classes::{CLASS_NAMES, Class, NUM_CLASSES, PALETTE, VOID};
+pub use error::Error;
+pub use size::Size;

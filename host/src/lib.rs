@@ -1,0 +1,12 @@
+//! The edgeseg workstation side: datasets, training and evaluation of U-Net and
+//! LinkNet with Burn, and the `edgeseg` command line.
+//!
+//! - [`synth`] writes the built-in synthetic road scenes as a CamVid-layout dataset.
+//! - [`io`] writes files atomically (temporary file, then rename).
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod io;
+pub mod synth;
+
+pub use error::Error;

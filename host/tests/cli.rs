@@ -1,0 +1,115 @@
+//! The `edgeseg` command line, run as a user runs it.
+
+use std::path::Path;
+use std::process::Command;
+
+fn edgeseg(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_edgeseg"))
+        .args(args)
+        .output()
+        .expect("edgeseg runs")
+}
+
+fn pngs(dir: &Path) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The README's synth command, at a smaller size.
+#[test]
+fn synth_writes_the_camvid_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s");
+    let out_str = out.to_str().unwrap();
+    let run = edgeseg(&[
+        "synth", "--out", out_str, "--train", "8", "--val", "2", "--size", "120x90",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stdout.contains("wrote 8 training and 2 validation scenes of 120x90"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Road"), "{stdout}");
+    for (split, n) in [("train", 8), ("val", 2)] {
+        let images = pngs(&out.join(split));
+        assert_eq!(images.len(), n);
+        assert_eq!(
+            images,
+            pngs(&out.join(format!("{split}annot"))),
+            "image and label names differ"
+        );
+        for name in images {
+            let img = image::open(out.join(split).join(&name)).unwrap();
+            let lab = image::open(out.join(format!("{split}annot")).join(&name)).unwrap();
+            assert_eq!(img.color(), image::ColorType::Rgb8);
+            assert_eq!(lab.color(), image::ColorType::L8);
+            assert_eq!((img.width(), img.height()), (120, 90));
+            assert_eq!((lab.width(), lab.height()), (120, 90));
+            assert!(lab.into_luma8().pixels().all(|p| p.0[0] <= firmware::VOID));
+        }
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("synth.json")).unwrap()).unwrap();
+    assert_eq!(meta["classes"][3], "Road");
+    // Running again with the same seed rewrites identical files.
+    let first = std::fs::read(out.join("train/synth_000003.png")).unwrap();
+    assert!(
+        edgeseg(&[
+            "synth", "--out", out_str, "--train", "4", "--val", "0", "--size", "120x90", "-q"
+        ])
+        .status
+        .success()
+    );
+    assert_eq!(
+        first,
+        std::fs::read(out.join("train/synth_000003.png")).unwrap()
+    );
+}
+
+#[test]
+fn bad_size_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = edgeseg(&[
+        "synth",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--size",
+        "480by360",
+    ]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("--size") && err.contains("WIDTHxHEIGHT"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unwritable_output_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let run = edgeseg(&[
+        "synth",
+        "--out",
+        file.to_str().unwrap(),
+        "--train",
+        "1",
+        "--val",
+        "0",
+        "--size",
+        "16x16",
+    ]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("not-a-dir"), "{err}");
+}

@@ -1,0 +1,3 @@
+//! edgeseg integration tests: one binary, one module per area.
+
+mod synth;
