@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod io;
+pub mod model;
 pub mod synth;
 
 pub use error::Error;
