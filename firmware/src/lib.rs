@@ -16,6 +16,8 @@ extern crate alloc;
 
 pub mod classes;
 pub mod error;
+#[cfg(feature = "alloc")]
+pub mod metrics;
 pub mod rng;
 pub mod size;
 pub mod stats;

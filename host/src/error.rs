@@ -22,6 +22,38 @@ pub enum Error {
         /// The codec's error.
         source: image::ImageError,
     },
+    /// A dataset split folder that is missing or holds no images.
+    #[error("{}: {what}", dir.display())]
+    Split {
+        /// The folder.
+        dir: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// An image with no label file.
+    #[error("{}: no label file; expected {}", image.display(), expected.display())]
+    MissingMask {
+        /// The image.
+        image: PathBuf,
+        /// Where its label was looked for.
+        expected: PathBuf,
+    },
+    /// A label file that does not fit its image or the label space.
+    #[error("{}: {what}", path.display())]
+    BadMask {
+        /// The label file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// A file that is not what the operation needs (checkpoint, config, ...).
+    #[error("{}: {what}", path.display())]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
     /// The synthetic generator refused its arguments.
     #[error("synthetic scene: {0}")]
     Synth(#[from] firmware::Error),

@@ -5,8 +5,10 @@
 //! - [`io`] writes files atomically (temporary file, then rename).
 #![warn(missing_docs)]
 
+pub mod data;
 pub mod error;
 pub mod io;
+pub mod loss;
 pub mod model;
 pub mod synth;
 

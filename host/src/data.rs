@@ -1,0 +1,734 @@
+//! Datasets: where samples come from, how they are augmented, and batches built in
+//! worker threads.
+//!
+//! A [`Source`] is either a folder in the CamVid layout (`train/` + `trainannot/`,
+//! `val/` + `valannot/`, labels as 8-bit class ids with 11 = void) or the built-in
+//! synthetic road scenes, rendered in memory on demand. Both yield the same
+//! [`Sample`]s, so training and evaluation never care which.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use firmware::rng::{Rng, hash3};
+use firmware::{Size, VOID};
+use image::{GrayImage, RgbImage, imageops};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One image and its class-id mask, at the same size.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    /// RGB pixels.
+    pub image: RgbImage,
+    /// One class id per pixel (void = 11).
+    pub mask: GrayImage,
+}
+
+const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "bmp", "tif"];
+
+/// Image and label files of one split of a CamVid-layout folder.
+#[derive(Clone, Debug)]
+pub struct FileSplit {
+    /// (image, label) pairs in file-name order.
+    pub pairs: Vec<(PathBuf, PathBuf)>,
+}
+
+impl FileSplit {
+    /// Lists `root/split` and matches every image with `root/{split}annot/` of the
+    /// same name (or the same stem with `.png`).
+    pub fn camvid(root: &Path, split: &str) -> Result<FileSplit> {
+        let images = root.join(split);
+        let labels = root.join(format!("{split}annot"));
+        let list = |dir: &Path| -> Result<Vec<PathBuf>> {
+            let entries = std::fs::read_dir(dir).map_err(|e| Error::Split {
+                dir: dir.to_owned(),
+                what: format!("cannot read the split folder ({e}); the CamVid layout has {split}/ and {split}annot/"),
+            })?;
+            let mut files = Vec::new();
+            for entry in entries {
+                let path = entry.map_err(|e| Error::io(dir, e))?.path();
+                let ext = path
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .map(|e| e.to_ascii_lowercase());
+                if ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
+                    files.push(path);
+                }
+            }
+            files.sort();
+            Ok(files)
+        };
+        let files = list(&images)?;
+        if files.is_empty() {
+            return Err(Error::Split {
+                dir: images,
+                what: "holds no images".into(),
+            });
+        }
+        if !labels.is_dir() {
+            return Err(Error::Split {
+                dir: labels,
+                what: "label folder is missing".into(),
+            });
+        }
+        let pairs = files
+            .into_iter()
+            .map(|image| {
+                let name = image.file_name().expect("listed files have names");
+                let same = labels.join(name);
+                let png = labels.join(Path::new(name).with_extension("png"));
+                match (same.is_file(), png.is_file()) {
+                    (true, _) => Ok((image, same)),
+                    (false, true) => Ok((image, png)),
+                    (false, false) => Err(Error::MissingMask {
+                        image,
+                        expected: same,
+                    }),
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(FileSplit { pairs })
+    }
+}
+
+/// Reads one image and its label file, checking that they fit together and that
+/// every label is a class id below `num_classes` or void.
+pub fn load_pair(image: &Path, mask: &Path, num_classes: usize) -> Result<Sample> {
+    let img = image::open(image).map_err(|source| Error::Image {
+        path: image.to_owned(),
+        source,
+    })?;
+    let lab = image::open(mask).map_err(|source| Error::Image {
+        path: mask.to_owned(),
+        source,
+    })?;
+    let bad = |what: String| Error::BadMask {
+        path: mask.to_owned(),
+        what,
+    };
+    let lab = match lab {
+        image::DynamicImage::ImageLuma8(l) => l,
+        other => {
+            return Err(bad(format!(
+                "label is {:?}; expected an 8-bit grey image of class ids",
+                other.color()
+            )));
+        }
+    };
+    if lab.dimensions() != (img.width(), img.height()) {
+        return Err(bad(format!(
+            "label is {}x{} but its image {} is {}x{}",
+            lab.width(),
+            lab.height(),
+            image.display(),
+            img.width(),
+            img.height()
+        )));
+    }
+    if let Some((i, v)) = lab
+        .as_raw()
+        .iter()
+        .enumerate()
+        .find(|&(_, &v)| v as usize >= num_classes && v != VOID)
+    {
+        let (x, y) = (i as u32 % lab.width(), i as u32 / lab.width());
+        return Err(bad(format!(
+            "label value {v} at pixel ({x}, {y}) is neither a class id (0..{num_classes}) nor void ({VOID})"
+        )));
+    }
+    Ok(Sample {
+        image: img.into_rgb8(),
+        mask: lab,
+    })
+}
+
+/// Where samples come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// Files on disk.
+    Files(FileSplit),
+    /// Synthetic road scenes rendered on demand: `count` scenes of `size` from `seed`.
+    Synthetic {
+        /// Number of scenes.
+        count: usize,
+        /// Rendered size.
+        size: Size,
+        /// Base seed; scene `i` uses `hash(seed, i)`.
+        seed: u64,
+    },
+}
+
+impl Source {
+    /// The split `split` of the dataset at `data`, or synthetic scenes when `data` is `None`.
+    pub fn open(
+        data: Option<&Path>,
+        split: &str,
+        synthetic_count: usize,
+        size: Size,
+        seed: u64,
+    ) -> Result<Source> {
+        match data {
+            Some(root) => Ok(Source::Files(FileSplit::camvid(root, split)?)),
+            None => Ok(Source::Synthetic {
+                count: synthetic_count,
+                size,
+                seed: hash3(seed, if split == "train" { 0 } else { 1 }, 0x5EED),
+            }),
+        }
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        match self {
+            Source::Files(f) => f.pairs.len(),
+            Source::Synthetic { count, .. } => *count,
+        }
+    }
+
+    /// Whether there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A short name of sample `i` (its file name, or `synth_i`).
+    pub fn name(&self, i: usize) -> String {
+        match self {
+            Source::Files(f) => f.pairs[i]
+                .0
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            Source::Synthetic { .. } => format!("synth_{i:06}.png"),
+        }
+    }
+
+    /// Loads sample `i` at its own resolution.
+    pub fn load(&self, i: usize, num_classes: usize) -> Result<Sample> {
+        match self {
+            Source::Files(f) => {
+                let (image, mask) = &f.pairs[i];
+                load_pair(image, mask, num_classes)
+            }
+            Source::Synthetic { size, seed, .. } => {
+                let mut rgb = vec![0; 3 * size.area()];
+                let mut mask = vec![0; size.area()];
+                firmware::synth::render_scene(
+                    hash3(*seed, i as u64, 0),
+                    size.width as usize,
+                    size.height as usize,
+                    &mut rgb,
+                    &mut mask,
+                )?;
+                Ok(Sample {
+                    image: RgbImage::from_raw(size.width, size.height, rgb).expect("buffer fits"),
+                    mask: GrayImage::from_raw(size.width, size.height, mask).expect("buffer fits"),
+                })
+            }
+        }
+    }
+}
+
+/// Joint augmentation of image and mask; each part can be switched off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Augment {
+    /// Mirror left-right with probability 0.5.
+    pub flip: bool,
+    /// Scale up by a random factor in `[1, max_scale]` and crop back to size.
+    pub max_scale: f32,
+    /// Rotate by up to this many degrees (mask: nearest neighbour, corners void).
+    pub rotate_degrees: f32,
+    /// Random brightness, contrast and saturation change of up to this fraction.
+    pub color_jitter: f32,
+    /// Gaussian-like pixel noise of up to this standard deviation (0..255 scale).
+    pub noise: f32,
+    /// Blur with a random sigma up to this, with probability 0.3.
+    pub blur: f32,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Augment {
+            flip: true,
+            max_scale: 1.5,
+            rotate_degrees: 5.0,
+            color_jitter: 0.25,
+            noise: 4.0,
+            blur: 1.0,
+        }
+    }
+}
+
+impl Augment {
+    /// No augmentation at all.
+    pub fn none() -> Augment {
+        Augment {
+            flip: false,
+            max_scale: 1.0,
+            rotate_degrees: 0.0,
+            color_jitter: 0.0,
+            noise: 0.0,
+            blur: 0.0,
+        }
+    }
+}
+
+/// Resizes a sample to `size`: bilinear for the image, nearest for the mask.
+pub fn resize(sample: &Sample, size: Size) -> Sample {
+    if sample.image.dimensions() == (size.width, size.height) {
+        return sample.clone();
+    }
+    Sample {
+        image: imageops::resize(
+            &sample.image,
+            size.width,
+            size.height,
+            imageops::FilterType::Triangle,
+        ),
+        mask: imageops::resize(
+            &sample.mask,
+            size.width,
+            size.height,
+            imageops::FilterType::Nearest,
+        ),
+    }
+}
+
+/// Applies `aug` to a sample already at the training size, with randomness from `rng`.
+pub fn augment(sample: Sample, aug: &Augment, rng: &mut Rng) -> Sample {
+    let Sample {
+        mut image,
+        mut mask,
+    } = sample;
+    let (w, h) = image.dimensions();
+    if aug.max_scale > 1.0 {
+        let s = rng.range(1.0, aug.max_scale);
+        let (sw, sh) = (((w as f32) * s) as u32, ((h as f32) * s) as u32);
+        if sw > w && sh > h {
+            let (x0, y0) = (rng.below(sw - w + 1), rng.below(sh - h + 1));
+            image = imageops::crop_imm(
+                &imageops::resize(&image, sw, sh, imageops::FilterType::Triangle),
+                x0,
+                y0,
+                w,
+                h,
+            )
+            .to_image();
+            mask = imageops::crop_imm(
+                &imageops::resize(&mask, sw, sh, imageops::FilterType::Nearest),
+                x0,
+                y0,
+                w,
+                h,
+            )
+            .to_image();
+        }
+    }
+    if aug.rotate_degrees > 0.0 {
+        let angle = rng
+            .range(-aug.rotate_degrees, aug.rotate_degrees)
+            .to_radians();
+        (image, mask) = rotate(&image, &mask, angle);
+    }
+    if aug.flip && rng.chance(0.5) {
+        imageops::flip_horizontal_in_place(&mut image);
+        imageops::flip_horizontal_in_place(&mut mask);
+    }
+    if aug.blur > 0.0 && rng.chance(0.3) {
+        image = imageops::blur(&image, rng.range(0.3, aug.blur.max(0.31)));
+    }
+    if aug.color_jitter > 0.0 || aug.noise > 0.0 {
+        let j = aug.color_jitter;
+        let brightness = rng.range(1.0 - j, 1.0 + j);
+        let contrast = rng.range(1.0 - j, 1.0 + j);
+        let saturation = rng.range(1.0 - j, 1.0 + j);
+        let noise = rng.range(0.0, aug.noise);
+        let mean = image.as_raw().iter().map(|&v| v as f32).sum::<f32>()
+            / image.as_raw().len().max(1) as f32;
+        for (i, px) in image.pixels_mut().enumerate() {
+            let grey = 0.299 * px[0] as f32 + 0.587 * px[1] as f32 + 0.114 * px[2] as f32;
+            for c in 0..3 {
+                let v = grey + (px[c] as f32 - grey) * saturation;
+                let v = (v - mean) * contrast + mean;
+                let n = (firmware::rng::pixel_noise(i as u32, c as u32, rng.next_u64() & 0xFF)
+                    - 0.5)
+                    * 3.4
+                    * noise;
+                px[c] = (v * brightness + n).clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    Sample { image, mask }
+}
+
+/// Rotates image (bilinear) and mask (nearest) about the centre; uncovered mask
+/// pixels become void and uncovered image pixels black.
+fn rotate(image: &RgbImage, mask: &GrayImage, angle: f32) -> (RgbImage, GrayImage) {
+    let (w, h) = image.dimensions();
+    let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
+    let (sin, cos) = angle.sin_cos();
+    let mut out_img = RgbImage::new(w, h);
+    let mut out_mask = GrayImage::from_pixel(w, h, image::Luma([VOID]));
+    for y in 0..h {
+        for x in 0..w {
+            let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+            let (sx, sy) = (
+                cos * dx + sin * dy + cx - 0.5,
+                -sin * dx + cos * dy + cy - 0.5,
+            );
+            if sx < 0.0 || sy < 0.0 || sx > (w - 1) as f32 || sy > (h - 1) as f32 {
+                continue;
+            }
+            let (nx, ny) = (sx.round() as u32, sy.round() as u32);
+            out_mask.put_pixel(x, y, *mask.get_pixel(nx, ny));
+            if let Some(p) = imageops::sample_bilinear(
+                image,
+                sx / (w - 1).max(1) as f32,
+                sy / (h - 1).max(1) as f32,
+            ) {
+                out_img.put_pixel(x, y, image::Rgb([p[0], p[1], p[2]]));
+            }
+        }
+    }
+    (out_img, out_mask)
+}
+
+/// Per-channel normalisation applied to images before the model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalize {
+    /// Mean of each channel in `0..1` units.
+    pub mean: [f32; 3],
+    /// Standard deviation of each channel in `0..1` units.
+    pub std: [f32; 3],
+}
+
+impl Default for Normalize {
+    /// The ImageNet statistics that pretrained ResNet encoders expect.
+    fn default() -> Self {
+        Normalize {
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+}
+
+impl Normalize {
+    /// Writes `image` as planar CHW floats into `out` (3 * w * h values).
+    pub fn apply(&self, image: &RgbImage, out: &mut [f32]) {
+        let n = (image.width() * image.height()) as usize;
+        assert_eq!(out.len(), 3 * n);
+        let scale = self.std.map(|s| 1.0 / (255.0 * s));
+        let offset = [0, 1, 2].map(|c| self.mean[c] / self.std[c]);
+        for (i, px) in image.pixels().enumerate() {
+            for c in 0..3 {
+                out[c * n + i] = px[c] as f32 * scale[c] - offset[c];
+            }
+        }
+    }
+}
+
+/// A batch ready for the model: planar normalised images and class ids.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// `[batch, 3, h, w]` row-major.
+    pub images: Vec<f32>,
+    /// `[batch, h, w]` class ids (void included).
+    pub masks: Vec<u8>,
+    /// Images in the batch.
+    pub len: usize,
+    /// Size of every image.
+    pub size: Size,
+}
+
+/// How batches of one pass over a source are made.
+#[derive(Clone, Debug)]
+pub struct BatchPlan {
+    /// Samples per batch (the last batch may be smaller).
+    pub batch: usize,
+    /// Size of the images in the batch.
+    pub size: Size,
+    /// Augmentation, or `None` for evaluation.
+    pub augment: Option<Augment>,
+    /// Normalisation.
+    pub normalize: Normalize,
+    /// Shuffle seed, or `None` to keep the order.
+    pub shuffle: Option<u64>,
+    /// Classes in the label space (labels beyond are errors unless void).
+    pub num_classes: usize,
+    /// Worker threads that decode and augment.
+    pub workers: usize,
+}
+
+/// Streams the batches of one pass over `source`, built by `plan.workers` threads
+/// ahead of the consumer; they arrive in order, so a seed fixes the whole pass.
+pub fn batches(source: &Source, plan: &BatchPlan) -> impl Iterator<Item = Result<Batch>> + use<> {
+    let mut order: Vec<usize> = (0..source.len()).collect();
+    if let Some(seed) = plan.shuffle {
+        let mut rng = Rng::new(seed);
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u32 + 1) as usize);
+        }
+    }
+    let chunks: Vec<Vec<usize>> = order
+        .chunks(plan.batch.max(1))
+        .map(|c| c.to_vec())
+        .collect();
+    let n_batches = chunks.len();
+    let workers = plan.workers.clamp(1, n_batches.max(1));
+    let (tx, rx) = mpsc::sync_channel::<(usize, Result<Batch>)>(2 * workers);
+    let chunks = std::sync::Arc::new(chunks);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..workers {
+        let (tx, chunks, next, source, plan) = (
+            tx.clone(),
+            chunks.clone(),
+            next.clone(),
+            source.clone(),
+            plan.clone(),
+        );
+        std::thread::spawn(move || {
+            loop {
+                let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if b >= chunks.len() {
+                    return;
+                }
+                let batch = build_batch(&source, &plan, &chunks[b], b);
+                if tx.send((b, batch)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut pending = std::collections::BTreeMap::new();
+    let mut want = 0;
+    std::iter::from_fn(move || {
+        if want >= n_batches {
+            return None;
+        }
+        while !pending.contains_key(&want) {
+            match rx.recv() {
+                Ok((b, batch)) => {
+                    pending.insert(b, batch);
+                }
+                Err(_) => return None,
+            }
+        }
+        let batch = pending.remove(&want);
+        want += 1;
+        batch
+    })
+}
+
+fn build_batch(
+    source: &Source,
+    plan: &BatchPlan,
+    indices: &[usize],
+    batch_index: usize,
+) -> Result<Batch> {
+    let (w, h) = (plan.size.width as usize, plan.size.height as usize);
+    let mut images = vec![0.0; indices.len() * 3 * w * h];
+    let mut masks = Vec::with_capacity(indices.len() * w * h);
+    for (k, &i) in indices.iter().enumerate() {
+        let mut sample = resize(&source.load(i, plan.num_classes)?, plan.size);
+        if let Some(aug) = &plan.augment {
+            let mut rng = Rng::new(hash3(
+                plan.shuffle.unwrap_or(0),
+                batch_index as u64,
+                i as u64,
+            ));
+            sample = augment(sample, aug, &mut rng);
+        }
+        plan.normalize.apply(
+            &sample.image,
+            &mut images[k * 3 * w * h..(k + 1) * 3 * w * h],
+        );
+        masks.extend_from_slice(sample.mask.as_raw());
+    }
+    Ok(Batch {
+        images,
+        masks,
+        len: indices.len(),
+        size: plan.size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{write_gray_png, write_rgb_png};
+
+    fn camvid_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..3 {
+            let name = format!("a{i}.png");
+            write_rgb_png(&dir.path().join("train").join(&name), 8, 6, &[100; 3 * 48]).unwrap();
+            write_gray_png(
+                &dir.path().join("trainannot").join(&name),
+                8,
+                6,
+                &[i as u8; 48],
+            )
+            .unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn camvid_layout_pairs_by_name() {
+        let dir = camvid_dir();
+        let split = FileSplit::camvid(dir.path(), "train").unwrap();
+        assert_eq!(split.pairs.len(), 3);
+        let s = load_pair(&split.pairs[2].0, &split.pairs[2].1, 11).unwrap();
+        assert_eq!(s.mask.as_raw(), &vec![2; 48]);
+    }
+
+    #[test]
+    fn bad_inputs_name_the_file_and_the_fault() {
+        let dir = camvid_dir();
+        let root = dir.path();
+        // Empty or missing split.
+        let err = FileSplit::camvid(root, "val").unwrap_err().to_string();
+        assert!(err.contains("val") && err.contains("cannot read"), "{err}");
+        std::fs::create_dir_all(root.join("val")).unwrap();
+        let err = FileSplit::camvid(root, "val").unwrap_err().to_string();
+        assert!(err.contains("holds no images"), "{err}");
+        // An image without a mask.
+        write_rgb_png(&root.join("train/lonely.png"), 8, 6, &[0; 144]).unwrap();
+        let err = FileSplit::camvid(root, "train").unwrap_err().to_string();
+        assert!(
+            err.contains("lonely.png") && err.contains("no label file"),
+            "{err}"
+        );
+        std::fs::remove_file(root.join("train/lonely.png")).unwrap();
+        // A mask of the wrong size.
+        write_gray_png(&root.join("trainannot/a1.png"), 4, 6, &[0; 24]).unwrap();
+        let err = load_pair(
+            &root.join("train/a1.png"),
+            &root.join("trainannot/a1.png"),
+            11,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("a1.png") && err.contains("4x6") && err.contains("8x6"),
+            "{err}"
+        );
+        // A label value outside the classes and not void.
+        let mut bad = vec![3u8; 48];
+        bad[13] = 40;
+        write_gray_png(&root.join("trainannot/a1.png"), 8, 6, &bad).unwrap();
+        let err = load_pair(
+            &root.join("train/a1.png"),
+            &root.join("trainannot/a1.png"),
+            11,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("value 40") && err.contains("(5, 1)"), "{err}");
+        // Void is fine.
+        bad[13] = VOID;
+        write_gray_png(&root.join("trainannot/a1.png"), 8, 6, &bad).unwrap();
+        load_pair(
+            &root.join("train/a1.png"),
+            &root.join("trainannot/a1.png"),
+            11,
+        )
+        .unwrap();
+        // A truncated image.
+        let bytes = std::fs::read(root.join("train/a0.png")).unwrap();
+        std::fs::write(root.join("train/a0.png"), &bytes[..bytes.len() / 2]).unwrap();
+        let err = load_pair(
+            &root.join("train/a0.png"),
+            &root.join("trainannot/a0.png"),
+            11,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("a0.png"), "{err}");
+        // An RGB mask.
+        write_rgb_png(&root.join("trainannot/a2.png"), 8, 6, &[0; 144]).unwrap();
+        let err = load_pair(
+            &root.join("train/a2.png"),
+            &root.join("trainannot/a2.png"),
+            11,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("8-bit grey"), "{err}");
+    }
+
+    #[test]
+    fn augmentation_keeps_labels_aligned() {
+        // A picture whose colour encodes its class: after any augmentation,
+        // every non-void mask pixel must sit on a pixel of its own colour band.
+        let (w, h) = (64, 48);
+        let mut image = RgbImage::new(w, h);
+        let mut mask = GrayImage::new(w, h);
+        for y in 0..h {
+            for x in 0..w {
+                let class = (x / 16) as u8;
+                image.put_pixel(x, y, image::Rgb([class * 60, 0, 0]));
+                mask.put_pixel(x, y, image::Luma([class]));
+            }
+        }
+        let aug = Augment {
+            color_jitter: 0.0,
+            noise: 0.0,
+            blur: 0.0,
+            ..Augment::default()
+        };
+        for seed in 0..20 {
+            let out = augment(
+                Sample {
+                    image: image.clone(),
+                    mask: mask.clone(),
+                },
+                &aug,
+                &mut Rng::new(seed),
+            );
+            let mut agree = 0;
+            let mut total = 0;
+            for (p, m) in out.image.pixels().zip(out.mask.pixels()) {
+                if m[0] == VOID {
+                    continue;
+                }
+                total += 1;
+                agree += ((p[0] as i32 - m[0] as i32 * 60).abs() < 20) as u32;
+            }
+            // Only pixels at band edges may differ (bilinear vs nearest).
+            assert!(
+                agree as f32 > 0.9 * total as f32,
+                "seed {seed}: {agree}/{total}"
+            );
+        }
+    }
+
+    #[test]
+    fn batches_arrive_in_order_and_cover_the_source() {
+        let source = Source::Synthetic {
+            count: 7,
+            size: Size::new(32, 24),
+            seed: 3,
+        };
+        let plan = BatchPlan {
+            batch: 3,
+            size: Size::new(32, 24),
+            augment: None,
+            normalize: Normalize::default(),
+            shuffle: None,
+            num_classes: 11,
+            workers: 2,
+        };
+        let batches: Vec<Batch> = batches(&source, &plan).collect::<Result<_>>().unwrap();
+        assert_eq!(
+            batches.iter().map(|b| b.len).collect::<Vec<_>>(),
+            vec![3, 3, 1]
+        );
+        let first = source.load(0, 11).unwrap();
+        assert_eq!(&batches[0].masks[..32 * 24], first.mask.as_raw().as_slice());
+        let again: Vec<Batch> = super::batches(&source, &plan)
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(again[2].images, batches[2].images);
+    }
+}
