@@ -431,8 +431,11 @@ impl Normalize {
 pub struct Batch {
     /// `[batch, 3, h, w]` row-major.
     pub images: Vec<f32>,
-    /// `[batch, h, w]` class ids (void included).
+    /// Class ids (void included) of each image, concatenated: `[batch, h, w]`, or
+    /// each at its own size in `mask_sizes` when the plan keeps native masks.
     pub masks: Vec<u8>,
+    /// Size of each mask.
+    pub mask_sizes: Vec<Size>,
     /// Images in the batch.
     pub len: usize,
     /// Size of every image.
@@ -456,6 +459,9 @@ pub struct BatchPlan {
     pub num_classes: usize,
     /// Worker threads that decode and augment.
     pub workers: usize,
+    /// Keep every mask at its file's own resolution (for scoring as published
+    /// results do) instead of resizing it to `size`.
+    pub native_masks: bool,
 }
 
 /// Streams the batches of one pass over `source`, built by `plan.workers` threads
@@ -528,8 +534,11 @@ fn build_batch(
     let (w, h) = (plan.size.width as usize, plan.size.height as usize);
     let mut images = vec![0.0; indices.len() * 3 * w * h];
     let mut masks = Vec::with_capacity(indices.len() * w * h);
+    let mut mask_sizes = Vec::with_capacity(indices.len());
     for (k, &i) in indices.iter().enumerate() {
-        let mut sample = resize(&source.load(i, plan.num_classes)?, plan.size);
+        let loaded = source.load(i, plan.num_classes)?;
+        let native = plan.native_masks.then(|| loaded.mask.clone());
+        let mut sample = resize(&loaded, plan.size);
         if let Some(aug) = &plan.augment {
             let mut rng = Rng::new(hash3(
                 plan.shuffle.unwrap_or(0),
@@ -542,11 +551,14 @@ fn build_batch(
             &sample.image,
             &mut images[k * 3 * w * h..(k + 1) * 3 * w * h],
         );
-        masks.extend_from_slice(sample.mask.as_raw());
+        let mask = native.unwrap_or(sample.mask);
+        mask_sizes.push(Size::new(mask.width(), mask.height()));
+        masks.extend_from_slice(mask.as_raw());
     }
     Ok(Batch {
         images,
         masks,
+        mask_sizes,
         len: indices.len(),
         size: plan.size,
     })
@@ -718,6 +730,7 @@ mod tests {
             shuffle: None,
             num_classes: 11,
             workers: 2,
+            native_masks: false,
         };
         let batches: Vec<Batch> = batches(&source, &plan).collect::<Result<_>>().unwrap();
         assert_eq!(

@@ -7,9 +7,13 @@
 
 pub mod data;
 pub mod error;
+pub mod eval;
+pub mod inference;
 pub mod io;
 pub mod loss;
 pub mod model;
+pub mod plot;
 pub mod synth;
+pub mod train;
 
 pub use error::Error;

@@ -40,6 +40,185 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Train a U-Net or LinkNet; writes a run folder with checkpoints, metrics.csv
+    /// and curves.png.
+    Train(Box<TrainArgs>),
+    /// Score a trained run on a dataset split at the labels' own resolution.
+    Eval {
+        /// Run folder written by `edgeseg train`.
+        #[arg(long)]
+        run: PathBuf,
+        /// Dataset folder in the CamVid layout; without it, the run's own
+        /// validation data (synthetic scenes if it was trained on them).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Split to score.
+        #[arg(long, default_value = "val")]
+        split: String,
+        /// Weights to score: best.bpk or last.bpk.
+        #[arg(long, default_value = "best.bpk")]
+        weights: String,
+        /// Also write the scores as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+/// Architectures `edgeseg train` builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Arch {
+    /// U-Net (Ronneberger et al. 2015).
+    Unet,
+    /// LinkNet with a ResNet-18 encoder.
+    Linknet18,
+    /// LinkNet with a ResNet-34 encoder.
+    Linknet34,
+}
+
+#[derive(Debug, clap::Args)]
+struct TrainArgs {
+    /// Dataset folder in the CamVid layout (train/, trainannot/, val/, valannot/).
+    /// Without it, training uses synthetic road scenes rendered on the fly.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Architecture.
+    #[arg(long, value_enum, default_value_t = Arch::Linknet18)]
+    model: Arch,
+    /// U-Net: channels of the first level (64 gives the original network).
+    #[arg(long, default_value_t = 16)]
+    base_width: usize,
+    /// LinkNet: multiplier of every channel count (1.0 is the paper's network).
+    #[arg(long, default_value_t = 0.5)]
+    width: f32,
+    /// U-Net: bilinear upsampling instead of transposed convolutions.
+    #[arg(long)]
+    bilinear: bool,
+    /// Training and model input size as WIDTHxHEIGHT; images are resized to it.
+    #[arg(long, default_value = "256x192")]
+    size: Size,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Weight decay.
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    /// Optimiser.
+    #[arg(long, value_enum, default_value_t = host::train::OptimizerKind::Adamw)]
+    optimizer: host::train::OptimizerKind,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value_t = host::train::Schedule::Cosine)]
+    schedule: host::train::Schedule,
+    /// Loss: ce, bce, dice, focal, or a weighted sum such as `ce+0.5*dice`.
+    #[arg(long, default_value = "ce")]
+    loss: String,
+    /// Class weights for cross-entropy and focal loss: `none`, `median`
+    /// (median-frequency balancing from the training labels), or a comma list.
+    #[arg(long, default_value = "none")]
+    class_weights: String,
+    /// Switch off all augmentation.
+    #[arg(long)]
+    no_augment: bool,
+    /// Switch off horizontal flips.
+    #[arg(long)]
+    no_flip: bool,
+    /// Largest random zoom (scale then crop); 1 switches it off.
+    #[arg(long, default_value_t = 1.5)]
+    max_scale: f32,
+    /// Largest random rotation in degrees; 0 switches it off.
+    #[arg(long, default_value_t = 5.0)]
+    rotate: f32,
+    /// Brightness/contrast/saturation jitter fraction; 0 switches it off.
+    #[arg(long, default_value_t = 0.25)]
+    color_jitter: f32,
+    /// Pixel noise standard deviation (0..255 scale); 0 switches it off.
+    #[arg(long, default_value_t = 4.0)]
+    noise: f32,
+    /// Largest blur sigma; 0 switches blur off.
+    #[arg(long, default_value_t = 1.0)]
+    blur: f32,
+    /// Synthetic training scenes (without --data).
+    #[arg(long, default_value_t = 400)]
+    synthetic_train: usize,
+    /// Synthetic validation scenes (without --data).
+    #[arg(long, default_value_t = 50)]
+    synthetic_val: usize,
+    /// Stop after this many epochs without a better validation mIoU.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Seed of initialisation, shuffling, augmentation and synthetic scenes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Loader threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Run folder: config.json, best.bpk, last.bpk, metrics.csv, curves.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its last checkpoint (other flags are
+    /// taken from its config.json).
+    #[arg(long)]
+    resume: bool,
+}
+
+impl TrainArgs {
+    fn config(&self) -> anyhow::Result<host::train::TrainConfig> {
+        use host::model::ModelConfig;
+        let classes = firmware::NUM_CLASSES;
+        let model = match self.model {
+            Arch::Unet => ModelConfig::Unet {
+                num_classes: classes,
+                base_width: self.base_width,
+                depth: 4,
+                bilinear: self.bilinear,
+            },
+            Arch::Linknet18 => ModelConfig::linknet(classes, 18, self.width),
+            Arch::Linknet34 => ModelConfig::linknet(classes, 34, self.width),
+        };
+        let mut c = host::train::TrainConfig::new(model, self.size);
+        c.data = self.data.clone();
+        c.synthetic_train = self.synthetic_train;
+        c.synthetic_val = self.synthetic_val;
+        c.epochs = self.epochs;
+        c.batch = self.batch;
+        c.lr = self.lr;
+        c.weight_decay = self.weight_decay;
+        c.optimizer = self.optimizer;
+        c.schedule = self.schedule;
+        c.loss = host::loss::LossConfig::parse(&self.loss)
+            .map_err(|e| anyhow::anyhow!("--loss: {e}"))?;
+        c.class_weights = match self.class_weights.as_str() {
+            "none" => host::train::ClassWeights::None,
+            "median" => host::train::ClassWeights::Median,
+            list => host::train::ClassWeights::Given(
+                list.split(',')
+                    .map(|w| w.trim().parse::<f32>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "--class-weights: expected none, median or a comma list of numbers"
+                        )
+                    })?,
+            ),
+        };
+        c.augment = (!self.no_augment).then(|| host::data::Augment {
+            flip: !self.no_flip,
+            max_scale: self.max_scale.max(1.0),
+            rotate_degrees: self.rotate,
+            color_jitter: self.color_jitter,
+            noise: self.noise,
+            blur: self.blur,
+        });
+        c.patience = self.patience;
+        c.seed = self.seed;
+        c.workers = self.workers;
+        Ok(c)
+    }
 }
 
 fn progress(len: usize, quiet: bool, what: &str) -> ProgressBar {
@@ -82,6 +261,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("class share in train:");
             for (name, f) in summary.classes.iter().zip(&summary.train_fractions) {
                 println!("  {name:<11} {:5.1}%", 100.0 * f);
+            }
+        }
+        Command::Train(args) => {
+            let run = host::train::RunDir::new(&args.out);
+            let config = if args.resume {
+                run.config()?
+            } else {
+                args.config()?
+            };
+            eprintln!(
+                "training {} at {} on {} for {} epochs, batch {}",
+                config.model.name(),
+                config.size,
+                config
+                    .data
+                    .as_ref()
+                    .map_or("synthetic scenes".to_string(), |d| d.display().to_string()),
+                config.epochs,
+                config.batch
+            );
+            let summary = host::train::train(&config, &run, args.resume, cli.quiet, |line| {
+                println!("{line}")
+            })
+            .with_context(|| format!("training into {}", args.out.display()))?;
+            println!(
+                "best validation mIoU {:.4} at epoch {}; run folder {}",
+                summary.state.best_miou,
+                summary.state.best_epoch,
+                args.out.display()
+            );
+        }
+        Command::Eval {
+            run,
+            data,
+            split,
+            weights,
+            json,
+        } => {
+            let report =
+                host::eval::evaluate_run(&run, data.as_deref(), &split, &weights, cli.quiet)
+                    .with_context(|| format!("evaluating {}", run.display()))?;
+            print!("{}", report.table());
+            if let Some(path) = json {
+                host::io::write_atomic(&path, &serde_json::to_vec_pretty(&report.to_json())?)?;
+                println!("wrote {}", path.display());
             }
         }
     }

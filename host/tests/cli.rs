@@ -113,3 +113,101 @@ fn unwritable_output_names_the_path() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("not-a-dir"), "{err}");
 }
+
+/// `edgeseg train` then `edgeseg eval` on a tiny synthetic run, as the README shows.
+#[test]
+fn train_then_eval_writes_the_run_and_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_str = run.to_str().unwrap();
+    let out = edgeseg(&[
+        "train",
+        "--model",
+        "unet",
+        "--base-width",
+        "4",
+        "--size",
+        "40x32",
+        "--epochs",
+        "2",
+        "--batch",
+        "4",
+        "--synthetic-train",
+        "8",
+        "--synthetic-val",
+        "3",
+        "--loss",
+        "ce+0.5*dice",
+        "--class-weights",
+        "median",
+        "--out",
+        run_str,
+        "-q",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("epoch   2/2") && stdout.contains("val mIoU"),
+        "{stdout}"
+    );
+    for f in [
+        "config.json",
+        "best.bpk",
+        "last.bpk",
+        "metrics.csv",
+        "curves.png",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let json = dir.path().join("eval.json");
+    let out = edgeseg(&[
+        "eval",
+        "--run",
+        run_str,
+        "--split",
+        "val",
+        "--json",
+        json.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("Pedestrian") && table.contains("mIoU"),
+        "{table}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for key in [
+        "miou",
+        "pixel_accuracy",
+        "class_accuracy",
+        "mean_dice",
+        "per_class_iou",
+        "confusion",
+        "images",
+    ] {
+        assert!(!report[key].is_null(), "{key} missing from {report}");
+    }
+    assert_eq!(report["images"], 3);
+    assert_eq!(report["confusion"].as_array().unwrap().len(), 11);
+    // The eval mIoU is the one training recorded for its best epoch.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
+    let (a, b) = (
+        report["miou"].as_f64().unwrap(),
+        state["best_miou"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+    // A missing run folder is named in the error.
+    let out = edgeseg(&["eval", "--run", dir.path().join("nope").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+}

@@ -119,6 +119,8 @@ impl ModelConfig {
 }
 
 /// A segmentation network of either architecture.
+// A process holds one or two models, so the size gap between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Model {
     /// U-Net.

@@ -1,0 +1,702 @@
+//! Training: the loop, its schedule, checkpoints that survive a crash, and the run
+//! folder a trained model lives in.
+//!
+//! A run folder holds `config.json` (everything needed to rebuild the model and
+//! continue training), `best.bpk` (weights with the best validation mIoU),
+//! `last.bpk` and `optimizer.bpk` (to resume), `state.json` (epochs done, history),
+//! `metrics.csv` (one row per epoch) and `curves.png`. Every file is written to a
+//! temporary name and renamed, so a crash or `kill -9` at any moment leaves a
+//! loadable run.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use burn::tensor::Bytes;
+use firmware::Size;
+use firmware::metrics::ConfusionMatrix;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Augment, BatchPlan, Normalize, Source, batches};
+use crate::error::{Error, Result};
+use crate::inference::{EvalPlan, evaluate};
+use crate::io::write_atomic;
+use crate::loss::{LossConfig, median_frequency_weights};
+use crate::model::{Model, ModelConfig};
+
+/// Optimiser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Adam with L2 weight decay.
+    Adam,
+    /// Adam with decoupled weight decay.
+    Adamw,
+    /// SGD with Nesterov momentum 0.9.
+    Sgd,
+}
+
+/// Learning-rate schedule over all iterations of the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Half a cosine from the base rate to 1 percent of it.
+    Cosine,
+    /// `(1 - t)^0.9`, as in DeepLab.
+    Poly,
+    /// Divide by 10 at 60 and 85 percent of the run.
+    Step,
+    /// Keep the base rate.
+    Constant,
+}
+
+impl Schedule {
+    /// Learning rate at progress `t` in `[0, 1]`, after a linear warm-up over the
+    /// first `warmup` fraction.
+    pub fn rate(self, base: f64, t: f64, warmup: f64) -> f64 {
+        let t = t.clamp(0.0, 1.0);
+        let scale = match self {
+            Schedule::Cosine => 0.01 + 0.99 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()),
+            Schedule::Poly => (1.0 - t).powf(0.9).max(0.001),
+            Schedule::Step => {
+                if t < 0.6 {
+                    1.0
+                } else if t < 0.85 {
+                    0.1
+                } else {
+                    0.01
+                }
+            }
+            Schedule::Constant => 1.0,
+        };
+        let warm = if warmup > 0.0 {
+            ((t + 1e-9) / warmup).min(1.0)
+        } else {
+            1.0
+        };
+        base * scale * warm
+    }
+}
+
+/// How classes are weighted in cross-entropy and focal loss.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassWeights {
+    /// All classes weigh 1.
+    None,
+    /// Median-frequency balancing computed from the training labels.
+    Median,
+    /// Weights given by the user, one per class.
+    Given(Vec<f32>),
+}
+
+/// Everything a training run needs; saved as `config.json` in the run folder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Dataset folder in the CamVid layout; `None` trains on synthetic scenes.
+    pub data: Option<PathBuf>,
+    /// Synthetic training scenes (when `data` is `None`).
+    pub synthetic_train: usize,
+    /// Synthetic validation scenes (when `data` is `None`).
+    pub synthetic_val: usize,
+    /// Architecture and its hyper-parameters.
+    pub model: ModelConfig,
+    /// Training (and model input) size.
+    pub size: Size,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch: usize,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Optimiser.
+    pub optimizer: OptimizerKind,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Fraction of the run spent warming the learning rate up linearly.
+    pub warmup: f64,
+    /// Loss terms.
+    pub loss: LossConfig,
+    /// Class weighting.
+    pub class_weights: ClassWeights,
+    /// Augmentation of training samples (`None`: none).
+    pub augment: Option<Augment>,
+    /// Input normalisation.
+    pub normalize: Normalize,
+    /// Seed of initialisation, shuffling, augmentation and synthetic scenes.
+    pub seed: u64,
+    /// Stop after this many epochs without a better validation mIoU.
+    pub patience: Option<usize>,
+    /// Loader threads.
+    pub workers: usize,
+}
+
+impl TrainConfig {
+    /// Defaults for `model` at `size`: the settings that work on synthetic scenes.
+    pub fn new(model: ModelConfig, size: Size) -> TrainConfig {
+        TrainConfig {
+            data: None,
+            synthetic_train: 400,
+            synthetic_val: 50,
+            model,
+            size,
+            epochs: 10,
+            batch: 8,
+            lr: 2e-3,
+            weight_decay: 1e-4,
+            optimizer: OptimizerKind::Adamw,
+            schedule: Schedule::Cosine,
+            warmup: 0.03,
+            loss: LossConfig::default(),
+            class_weights: ClassWeights::None,
+            augment: Some(Augment::default()),
+            normalize: Normalize::default(),
+            seed: 0,
+            patience: None,
+            workers: 2,
+        }
+    }
+
+    fn sources(&self) -> Result<(Source, Source)> {
+        let data = self.data.as_deref();
+        Ok((
+            Source::open(data, "train", self.synthetic_train, self.size, self.seed)?,
+            Source::open(data, "val", self.synthetic_val, self.size, self.seed)?,
+        ))
+    }
+
+    fn optimizer(&self) -> ModuleOptimizer {
+        let wd =
+            (self.weight_decay > 0.0).then(|| WeightDecayConfig::new(self.weight_decay as f32));
+        match self.optimizer {
+            OptimizerKind::Adam => AdamConfig::new().with_weight_decay(wd).init(),
+            OptimizerKind::Adamw => AdamWConfig::new()
+                .with_weight_decay(self.weight_decay as f32)
+                .init(),
+            OptimizerKind::Sgd => SgdConfig::new()
+                .with_weight_decay(wd)
+                .with_momentum(Some(MomentumConfig {
+                    momentum: 0.9,
+                    dampening: 0.0,
+                    nesterov: true,
+                }))
+                .init(),
+        }
+    }
+}
+
+/// One row of `metrics.csv`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Validation mean IoU.
+    pub val_miou: f64,
+    /// Validation pixel accuracy.
+    pub val_pixel_accuracy: f64,
+    /// Learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Wall time of the epoch (training and validation), seconds.
+    pub seconds: f64,
+}
+
+/// Progress of a run, saved as `state.json` after every epoch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// Best validation mIoU so far.
+    pub best_miou: f64,
+    /// Epoch of the best validation mIoU.
+    pub best_epoch: usize,
+    /// Class weights used by the loss.
+    pub class_weights: Vec<f32>,
+    /// One record per completed epoch.
+    pub history: Vec<EpochRecord>,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+}
+
+/// The files of a run folder.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    /// The folder.
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    /// A run folder at `path` (not created until something is saved).
+    pub fn new(path: impl Into<PathBuf>) -> RunDir {
+        RunDir { path: path.into() }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    fn read_json<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<T> {
+        let path = self.file(name);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::BadFile {
+            path,
+            what: format!("not a valid {name}: {e}"),
+        })
+    }
+
+    fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        write_atomic(
+            &self.file(name),
+            &serde_json::to_vec_pretty(value).expect("serialisable"),
+        )
+    }
+
+    /// The training configuration.
+    pub fn config(&self) -> Result<TrainConfig> {
+        self.read_json("config.json")
+    }
+
+    /// The progress record.
+    pub fn state(&self) -> Result<RunState> {
+        self.read_json("state.json")
+    }
+
+    /// Loads weights `name` (`best.bpk` or `last.bpk`) into the model `config` describes.
+    pub fn load_model(&self, name: &str, device: &Device) -> Result<Model> {
+        let config = self.config()?;
+        let path = self.file(name);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bad = |e: String| Error::BadFile {
+            path: path.clone(),
+            what: format!("not a loadable checkpoint: {e}"),
+        };
+        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+            .map_err(|e| bad(format!("{e:?}")))?;
+        config
+            .model
+            .init(device)
+            .try_load_record(record)
+            .map_err(|e| bad(format!("{e:?}")))
+    }
+
+    fn save_model(&self, name: &str, model: &Model) -> Result<()> {
+        let path = self.file(name);
+        let bytes = model
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| Error::BadFile {
+                path: path.clone(),
+                what: format!("cannot serialise the model: {e:?}"),
+            })?;
+        write_atomic(&path, &bytes)
+    }
+
+    fn write_metrics_csv(&self, history: &[EpochRecord]) -> Result<()> {
+        let mut csv = String::from("epoch,train_loss,val_miou,val_pixel_accuracy,lr,seconds\n");
+        for r in history {
+            csv += &format!(
+                "{},{:.6},{:.6},{:.6},{:.3e},{:.2}\n",
+                r.epoch, r.train_loss, r.val_miou, r.val_pixel_accuracy, r.lr, r.seconds
+            );
+        }
+        write_atomic(&self.file("metrics.csv"), csv.as_bytes())
+    }
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    /// Final state.
+    pub state: RunState,
+    /// Validation confusion matrix of the last epoch.
+    pub last_matrix: ConfusionMatrix,
+}
+
+fn bar(len: u64, quiet: bool, msg: String) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:25}] {pos}/{len} batches {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(msg);
+    bar
+}
+
+/// Counts class pixels over the training labels for median-frequency weights.
+fn class_statistics(source: &Source, config: &TrainConfig) -> Result<Vec<f32>> {
+    let n = config.model.num_classes();
+    let plan = BatchPlan {
+        batch: 8,
+        size: config.size,
+        augment: None,
+        normalize: config.normalize.clone(),
+        shuffle: None,
+        num_classes: n,
+        workers: config.workers,
+        native_masks: false,
+    };
+    let mut class_pixels = vec![0u64; n];
+    let mut present_pixels = vec![0u64; n];
+    let plane = config.size.area();
+    for batch in batches(source, &plan) {
+        let batch = batch?;
+        for mask in batch.masks.chunks(plane) {
+            let mut counts = vec![0u64; n];
+            for &v in mask {
+                if (v as usize) < n {
+                    counts[v as usize] += 1;
+                }
+            }
+            for c in 0..n {
+                class_pixels[c] += counts[c];
+                if counts[c] > 0 {
+                    present_pixels[c] += plane as u64;
+                }
+            }
+        }
+    }
+    Ok(median_frequency_weights(&class_pixels, &present_pixels))
+}
+
+/// Trains `config` into the run folder `run`, or continues the run there when
+/// `resume` is set. `log` receives one line per epoch.
+pub fn train(
+    config: &TrainConfig,
+    run: &RunDir,
+    resume: bool,
+    quiet: bool,
+    mut log: impl FnMut(&str),
+) -> Result<TrainSummary> {
+    let device = Device::flex().autodiff();
+    let (config, mut state, mut model, mut optim) = if resume {
+        let config = run.config()?;
+        let state = run.state()?;
+        let model = run.load_model("last.bpk", &device)?;
+        let optim_path = run.file("optimizer.bpk");
+        let optim = config
+            .optimizer()
+            .load(&optim_path)
+            .map_err(|e| Error::BadFile {
+                path: optim_path.clone(),
+                what: format!("not a loadable optimizer state: {e:?}"),
+            })?;
+        log(&format!(
+            "resuming {} after epoch {}",
+            run.path.display(),
+            state.epochs_done
+        ));
+        (config, state, model, optim)
+    } else {
+        if config.batch == 0 || config.epochs == 0 {
+            return Err(Error::Invalid(
+                "--batch and --epochs must be at least 1".into(),
+            ));
+        }
+        std::fs::create_dir_all(&run.path).map_err(|e| Error::io(&run.path, e))?;
+        run.write_json("config.json", config)?;
+        device.seed(config.seed);
+        let model = config.model.init(&device);
+        (
+            config.clone(),
+            RunState::default(),
+            model,
+            config.optimizer(),
+        )
+    };
+    let (train_source, val_source) = config.sources()?;
+    if train_source.is_empty() || val_source.is_empty() {
+        return Err(Error::Invalid(
+            "the training and validation splits must each hold at least one image".into(),
+        ));
+    }
+    let n_classes = config.model.num_classes();
+    if state.class_weights.is_empty() {
+        state.class_weights = match &config.class_weights {
+            ClassWeights::None => vec![1.0; n_classes],
+            ClassWeights::Median => class_statistics(&train_source, &config)?,
+            ClassWeights::Given(w) if w.len() == n_classes => w.clone(),
+            ClassWeights::Given(w) => {
+                return Err(Error::Invalid(format!(
+                    "{} class weights given for {n_classes} classes",
+                    w.len()
+                )));
+            }
+        };
+    }
+    let weights = (!state.class_weights.iter().all(|&w| w == 1.0)).then(|| {
+        Tensor::<1>::from_data(
+            TensorData::new(state.class_weights.clone(), [n_classes]),
+            &device,
+        )
+    });
+    let batches_per_epoch = train_source.len().div_ceil(config.batch);
+    let total_iters = (config.epochs * batches_per_epoch) as f64;
+    let eval_plan = EvalPlan {
+        size: config.size,
+        normalize: config.normalize.clone(),
+        num_classes: n_classes,
+        batch: config.batch,
+        workers: config.workers,
+    };
+    let (h, w) = (config.size.height as usize, config.size.width as usize);
+    let mut last_matrix = ConfusionMatrix::new(n_classes, Some(firmware::VOID));
+    for epoch in state.epochs_done + 1..=config.epochs {
+        let started = Instant::now();
+        let plan = BatchPlan {
+            batch: config.batch,
+            size: config.size,
+            augment: config.augment.clone(),
+            normalize: config.normalize.clone(),
+            shuffle: Some(firmware::rng::hash3(config.seed, epoch as u64, 7)),
+            num_classes: n_classes,
+            workers: config.workers,
+            native_masks: false,
+        };
+        let progress = bar(
+            batches_per_epoch as u64,
+            quiet,
+            format!("epoch {epoch}/{}", config.epochs),
+        );
+        let (mut loss_sum, mut seen, mut lr) = (0.0f64, 0usize, config.lr);
+        for (i, batch) in batches(&train_source, &plan).enumerate() {
+            let batch = batch?;
+            let t = ((epoch - 1) * batches_per_epoch + i) as f64 / total_iters;
+            lr = config.schedule.rate(config.lr, t, config.warmup);
+            let x = Tensor::<4>::from_data(
+                TensorData::new(batch.images, [batch.len, 3, h, w]),
+                &device,
+            );
+            let targets: Vec<i64> = batch.masks.iter().map(|&m| m as i64).collect();
+            let y =
+                Tensor::<3, Int>::from_data(TensorData::new(targets, [batch.len, h, w]), &device);
+            let loss = config
+                .loss
+                .forward(model.forward(x), y, weights.as_ref(), firmware::VOID);
+            let value = loss
+                .clone()
+                .into_data()
+                .iter::<f64>()
+                .next()
+                .unwrap_or(f64::NAN);
+            if !value.is_finite() {
+                return Err(Error::Invalid(format!(
+                    "training diverged at epoch {epoch}, batch {i}: loss is {value}; lower --lr"
+                )));
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            loss_sum += value * batch.len as f64;
+            seen += batch.len;
+            progress.inc(1);
+            progress.set_message(format!(
+                "epoch {epoch}/{} loss {:.4} lr {lr:.2e}",
+                config.epochs,
+                loss_sum / seen as f64
+            ));
+        }
+        progress.finish_and_clear();
+        let eval_device = Device::flex();
+        let matrix = evaluate(
+            &model.valid(),
+            &val_source,
+            &eval_plan,
+            &eval_device,
+            |_| {},
+        )?;
+        let record = EpochRecord {
+            epoch,
+            train_loss: loss_sum / seen.max(1) as f64,
+            val_miou: matrix.mean_iou(),
+            val_pixel_accuracy: matrix.pixel_accuracy(),
+            lr,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        log(&format!(
+            "epoch {epoch:>3}/{}  train loss {:.4}  val mIoU {:.4}  pixel acc {:.4}  {:.1}s",
+            config.epochs,
+            record.train_loss,
+            record.val_miou,
+            record.val_pixel_accuracy,
+            record.seconds
+        ));
+        // Weights first, then the state that points at them: a crash between the
+        // two leaves the previous, consistent state.
+        if record.val_miou > state.best_miou || state.history.is_empty() {
+            run.save_model("best.bpk", &model)?;
+            state.best_miou = record.val_miou;
+            state.best_epoch = epoch;
+        }
+        run.save_model("last.bpk", &model)?;
+        let optim_bytes = optim.into_bytes().map_err(|e| Error::BadFile {
+            path: run.file("optimizer.bpk"),
+            what: format!("cannot serialise the optimizer: {e:?}"),
+        })?;
+        write_atomic(&run.file("optimizer.bpk"), &optim_bytes)?;
+        state.history.push(record);
+        state.epochs_done = epoch;
+        last_matrix = matrix;
+        if config
+            .patience
+            .is_some_and(|p| epoch - state.best_epoch >= p)
+        {
+            state.stopped_early = true;
+        }
+        run.write_json("state.json", &state)?;
+        run.write_metrics_csv(&state.history)?;
+        crate::plot::curves(&run.file("curves.png"), &state.history)?;
+        if state.stopped_early {
+            log(&format!(
+                "no better validation mIoU for {} epochs: stopping early",
+                epoch - state.best_epoch
+            ));
+            break;
+        }
+    }
+    Ok(TrainSummary { state, last_matrix })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_start_at_base_and_decay() {
+        for s in [Schedule::Cosine, Schedule::Poly, Schedule::Step] {
+            assert!((s.rate(1.0, 0.0, 0.0) - 1.0).abs() < 1e-9, "{s:?}");
+            assert!(s.rate(1.0, 1.0, 0.0) < 0.02, "{s:?}");
+            assert!(s.rate(1.0, 0.5, 0.0) <= 1.0);
+        }
+        assert_eq!(Schedule::Constant.rate(0.1, 0.7, 0.0), 0.1);
+        assert!(Schedule::Cosine.rate(1.0, 0.01, 0.1) < 0.2, "warm-up");
+    }
+
+    fn tiny(dir: &std::path::Path, epochs: usize) -> (TrainConfig, RunDir) {
+        let model = ModelConfig::Unet {
+            num_classes: 11,
+            base_width: 8,
+            depth: 2,
+            bilinear: false,
+        };
+        let mut config = TrainConfig::new(model, Size::new(48, 32));
+        config.synthetic_train = 8;
+        config.synthetic_val = 4;
+        config.epochs = epochs;
+        config.batch = 4;
+        config.lr = 1e-2;
+        config.augment = None;
+        config.class_weights = ClassWeights::Median;
+        (config, RunDir::new(dir.join("run")))
+    }
+
+    #[test]
+    fn trains_checkpoints_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, run) = tiny(dir.path(), 12);
+        let mut lines = Vec::new();
+        let first = train(
+            &TrainConfig {
+                epochs: 12,
+                ..config.clone()
+            },
+            &run,
+            false,
+            true,
+            |l| lines.push(l.to_string()),
+        )
+        .unwrap();
+        let h = &first.state.history;
+        assert_eq!(h.len(), 12);
+        assert!(
+            h[11].train_loss < 0.7 * h[0].train_loss,
+            "loss {} -> {}",
+            h[0].train_loss,
+            h[11].train_loss
+        );
+        assert!(h[11].val_pixel_accuracy > h[0].val_pixel_accuracy, "{h:?}");
+        assert_eq!(lines.len(), 12);
+        for f in [
+            "config.json",
+            "best.bpk",
+            "last.bpk",
+            "optimizer.bpk",
+            "state.json",
+            "metrics.csv",
+            "curves.png",
+        ] {
+            assert!(run.path.join(f).is_file(), "{f} missing");
+        }
+        assert_eq!(
+            std::fs::read_to_string(run.path.join("metrics.csv"))
+                .unwrap()
+                .lines()
+                .count(),
+            13
+        );
+        assert_eq!(first.state.class_weights.len(), 11);
+        // The best checkpoint reloads and scores what training reported.
+        let best = run.load_model("best.bpk", &Device::flex()).unwrap();
+        let (_, val) = config.sources().unwrap();
+        let plan = EvalPlan {
+            size: config.size,
+            normalize: config.normalize.clone(),
+            num_classes: 11,
+            batch: 4,
+            workers: 1,
+        };
+        let m = evaluate(&best, &val, &plan, &Device::flex(), |_| {}).unwrap();
+        assert!(
+            (m.mean_iou() - first.state.best_miou).abs() < 1e-9,
+            "{} vs {}",
+            m.mean_iou(),
+            first.state.best_miou
+        );
+
+        // Extend the run to 14 epochs and resume: it continues at epoch 13.
+        let mut config = run.config().unwrap();
+        config.epochs = 14;
+        run.write_json("config.json", &config).unwrap();
+        let resumed = train(&config, &run, true, true, |_| {}).unwrap();
+        let epochs: Vec<usize> = resumed.state.history.iter().map(|r| r.epoch).collect();
+        assert_eq!(epochs, (1..=14).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_corrupt_checkpoint_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, run) = tiny(dir.path(), 1);
+        train(&config, &run, false, true, |_| {}).unwrap();
+        let bytes = std::fs::read(run.path.join("last.bpk")).unwrap();
+        std::fs::write(run.path.join("last.bpk"), &bytes[..bytes.len() / 3]).unwrap();
+        let err = train(&config, &run, true, true, |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("last.bpk") && err.contains("checkpoint"),
+            "{err}"
+        );
+        // The best checkpoint, written separately, still loads.
+        run.load_model("best.bpk", &Device::flex()).unwrap();
+    }
+
+    #[test]
+    fn config_round_trips() {
+        let mut config = TrainConfig::new(ModelConfig::linknet(11, 18, 0.25), Size::new(64, 48));
+        config.class_weights = ClassWeights::Given(vec![1.0; 11]);
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), config);
+    }
+}
