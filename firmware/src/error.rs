@@ -15,6 +15,18 @@ pub enum Error {
         /// Bytes (or elements) given.
         actual: usize,
     },
+    /// A class count outside 1..=256 (masks hold one byte per pixel).
+    Classes {
+        /// The count given.
+        classes: usize,
+    },
+    /// Run-length data that does not fill its mask exactly.
+    BadRuns {
+        /// Pixels filled before the runs ended or overflowed.
+        filled: usize,
+        /// Pixels in the mask.
+        expected: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -27,6 +39,13 @@ impl fmt::Display for Error {
                     "buffer holds {actual} elements, the frame needs {expected}"
                 )
             }
+            Error::Classes { classes } => {
+                write!(f, "{classes} classes: masks hold 1 to 256 classes")
+            }
+            Error::BadRuns { filled, expected } => write!(
+                f,
+                "run-length data fills {filled} of {expected} pixels, or a run is empty or overflows"
+            ),
         }
     }
 }

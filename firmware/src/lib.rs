@@ -18,6 +18,7 @@ pub mod classes;
 pub mod error;
 #[cfg(feature = "alloc")]
 pub mod metrics;
+pub mod post;
 pub mod rng;
 pub mod size;
 pub mod stats;
