@@ -6,16 +6,16 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Reading or writing a file or folder failed.
-    #[error("{}: {source}", path.display())]
+    /// Reading or writing a file or folder failed (the cause is the error's source).
+    #[error("{}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,
         /// The operating system's error.
         source: std::io::Error,
     },
-    /// Encoding or decoding an image failed.
-    #[error("{}: {source}", path.display())]
+    /// Encoding or decoding an image failed (the cause is the error's source).
+    #[error("{}", path.display())]
     Image {
         /// The image file.
         path: PathBuf,

@@ -13,6 +13,7 @@ pub mod io;
 pub mod loss;
 pub mod model;
 pub mod plot;
+pub mod predict;
 pub mod synth;
 pub mod train;
 

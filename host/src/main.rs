@@ -62,6 +62,28 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Segment images: writes for each a class-id mask, a colour mask and an overlay.
+    Predict {
+        /// Run folder written by `edgeseg train`.
+        #[arg(long)]
+        run: PathBuf,
+        /// Images to segment.
+        images: Vec<PathBuf>,
+        /// Folder for the output pictures.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write `grid.png`: this many validation samples as columns, with rows
+        /// image / ground truth / prediction.
+        #[arg(long)]
+        grid: Option<usize>,
+        /// Dataset (CamVid layout) whose validation split the grid shows; without
+        /// it, the run's own validation data.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Weights to use: best.bpk or last.bpk.
+        #[arg(long, default_value = "best.bpk")]
+        weights: String,
+    },
 }
 
 /// Architectures `edgeseg train` builds.
@@ -305,6 +327,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", report.table());
             if let Some(path) = json {
                 host::io::write_atomic(&path, &serde_json::to_vec_pretty(&report.to_json())?)?;
+                println!("wrote {}", path.display());
+            }
+        }
+        Command::Predict {
+            run,
+            images,
+            out,
+            grid,
+            data,
+            weights,
+        } => {
+            if images.is_empty() && grid.is_none() {
+                anyhow::bail!("give images to segment, or --grid N");
+            }
+            let dir = host::train::RunDir::new(&run);
+            let config = dir.config()?;
+            let predictor = host::predict::Predictor::from_run(&dir, &weights)?;
+            let written = host::predict::predict_files(&predictor, &images, &out)?;
+            println!("wrote {} files to {}", written.len(), out.display());
+            if let Some(count) = grid {
+                let data = data.or(config.data.clone());
+                let source = host::data::Source::open(
+                    data.as_deref(),
+                    "val",
+                    config.synthetic_val,
+                    config.size,
+                    config.seed,
+                )?;
+                let cell = Size::new(240, (240 * config.size.height / config.size.width).max(1));
+                let picture = host::predict::grid(&predictor, &source, count, cell)?;
+                let path = out.join("grid.png");
+                host::io::write_rgb_png(
+                    &path,
+                    picture.width(),
+                    picture.height(),
+                    picture.as_raw(),
+                )?;
                 println!("wrote {}", path.display());
             }
         }

@@ -206,6 +206,46 @@ fn train_then_eval_writes_the_run_and_the_report() {
         state["best_miou"].as_f64().unwrap(),
     );
     assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+    // Predict on a synthetic picture of another size, with a grid of validation samples.
+    let image = dir.path().join("street.png");
+    let mut rgb = vec![0; 3 * 70 * 50];
+    let mut labels = vec![0; 70 * 50];
+    firmware::synth::render_scene(5, 70, 50, &mut rgb, &mut labels).unwrap();
+    image::RgbImage::from_raw(70, 50, rgb)
+        .unwrap()
+        .save(&image)
+        .unwrap();
+    let pred = dir.path().join("pred");
+    let out = edgeseg(&[
+        "predict",
+        "--run",
+        run_str,
+        image.to_str().unwrap(),
+        "--out",
+        pred.to_str().unwrap(),
+        "--grid",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mask = image::open(pred.join("street_mask.png")).unwrap();
+    assert_eq!(
+        (mask.width(), mask.height(), mask.color()),
+        (70, 50, image::ColorType::L8)
+    );
+    assert!(
+        mask.into_luma8()
+            .pixels()
+            .all(|p| (p.0[0] as usize) < firmware::NUM_CLASSES)
+    );
+    for f in ["street_color.png", "street_overlay.png"] {
+        assert_eq!(image::open(pred.join(f)).unwrap().width(), 70, "{f}");
+    }
+    let grid = image::open(pred.join("grid.png")).unwrap();
+    assert_eq!(grid.width(), 3 * 240 + 2 * 4, "three columns");
     // A missing run folder is named in the error.
     let out = edgeseg(&["eval", "--run", dir.path().join("nope").to_str().unwrap()]);
     assert!(!out.status.success());
