@@ -9,12 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
+use firmware::Size;
 use firmware::rng::{Rng, hash3};
-use firmware::{Size, VOID};
 use image::{GrayImage, RgbImage, imageops};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::labels::{CITYSCAPES_TRAIN_IDS, LabelSpace};
 
 /// One image and its class-id mask, at the same size.
 #[derive(Clone, Debug)]
@@ -27,74 +28,261 @@ pub struct Sample {
 
 const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "bmp", "tif"];
 
-/// Image and label files of one split of a CamVid-layout folder.
+/// How label files encode classes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MaskFormat {
+    /// 8-bit class ids (grey PNG), or colours of the label space's palette.
+    Ids,
+    /// 0/255 masks mapped to classes 0/1.
+    Binary,
+    /// Cityscapes `labelIds`, mapped to the 19 training ids.
+    CityscapesLabelIds,
+}
+
+/// Image and label files of one split.
 #[derive(Clone, Debug)]
 pub struct FileSplit {
     /// (image, label) pairs in file-name order.
     pub pairs: Vec<(PathBuf, PathBuf)>,
+    /// How the label files encode classes.
+    pub format: MaskFormat,
+    /// The classes.
+    pub labels: LabelSpace,
+}
+
+fn list_images(dir: &Path, hint: &str) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::Split {
+        dir: dir.to_owned(),
+        what: format!("cannot read the folder ({e}); {hint}"),
+    })?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase());
+        if ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Matches each image with the label of the same name (or stem + `.png`) in `labels`.
+fn pair_by_name(images: Vec<PathBuf>, labels: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
+    images
+        .into_iter()
+        .map(|image| {
+            let name = image.file_name().expect("listed files have names");
+            let same = labels.join(name);
+            let png = labels.join(Path::new(name).with_extension("png"));
+            match (same.is_file(), png.is_file()) {
+                (true, _) => Ok((image, same)),
+                (false, true) => Ok((image, png)),
+                (false, false) => Err(Error::MissingMask {
+                    image,
+                    expected: same,
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Whether a grey label file holds only 0 and 255 (a binary mask).
+fn is_binary_mask(path: &Path) -> Result<bool> {
+    let img = image::open(path).map_err(|source| Error::Image {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(match img {
+        image::DynamicImage::ImageLuma8(l) => l.as_raw().iter().all(|&v| v == 0 || v == 255),
+        _ => false,
+    })
 }
 
 impl FileSplit {
-    /// Lists `root/split` and matches every image with `root/{split}annot/` of the
-    /// same name (or the same stem with `.png`).
-    pub fn camvid(root: &Path, split: &str) -> Result<FileSplit> {
-        let images = root.join(split);
-        let labels = root.join(format!("{split}annot"));
-        let list = |dir: &Path| -> Result<Vec<PathBuf>> {
-            let entries = std::fs::read_dir(dir).map_err(|e| Error::Split {
-                dir: dir.to_owned(),
-                what: format!("cannot read the split folder ({e}); the CamVid layout has {split}/ and {split}annot/"),
-            })?;
-            let mut files = Vec::new();
-            for entry in entries {
-                let path = entry.map_err(|e| Error::io(dir, e))?.path();
-                let ext = path
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .map(|e| e.to_ascii_lowercase());
-                if ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
-                    files.push(path);
-                }
-            }
-            files.sort();
-            Ok(files)
-        };
-        let files = list(&images)?;
-        if files.is_empty() {
+    /// Opens split `split` of the dataset at `root`, recognising its layout:
+    ///
+    /// - Cityscapes: `leftImg8bit/{split}/CITY/*_leftImg8bit.png` with
+    ///   `gtFine/{split}/CITY/*_gtFine_labelIds.png`;
+    /// - CamVid: `{split}/` with labels of the same name in `{split}annot/`;
+    /// - a plain folder: `images/` and `masks/` with the same stems, split into
+    ///   train and val by `val_fraction` with `seed`.
+    ///
+    /// A `class_dict.csv` (`name,r,g,b`) at the root names the classes and lets
+    /// masks be stored as colours; grey masks holding only 0 and 255 are binary.
+    /// Otherwise the classes are CamVid's.
+    pub fn open(root: &Path, split: &str, val_fraction: f32, seed: u64) -> Result<FileSplit> {
+        if !root.is_dir() {
             return Err(Error::Split {
-                dir: images,
+                dir: root.to_owned(),
+                what: "dataset folder does not exist".into(),
+            });
+        }
+        if root.join("leftImg8bit").is_dir() {
+            return Self::cityscapes(root, split);
+        }
+        let class_dict = root.join("class_dict.csv");
+        let labels = if class_dict.is_file() {
+            Some(LabelSpace::from_class_dict(&class_dict)?)
+        } else {
+            None
+        };
+        let pairs = if root.join(split).is_dir() || !root.join("images").is_dir() {
+            let images = list_images(
+                &root.join(split),
+                &format!("the CamVid layout has {split}/ and {split}annot/"),
+            )?;
+            if images.is_empty() {
+                return Err(Error::Split {
+                    dir: root.join(split),
+                    what: "holds no images".into(),
+                });
+            }
+            let annot = root.join(format!("{split}annot"));
+            if !annot.is_dir() {
+                return Err(Error::Split {
+                    dir: annot,
+                    what: "label folder is missing".into(),
+                });
+            }
+            pair_by_name(images, &annot)?
+        } else {
+            let images = list_images(
+                &root.join("images"),
+                "a plain dataset folder has images/ and masks/",
+            )?;
+            let masks = root.join("masks");
+            if !masks.is_dir() {
+                return Err(Error::Split {
+                    dir: masks,
+                    what: "mask folder is missing".into(),
+                });
+            }
+            let all = pair_by_name(images, &masks)?;
+            let want_val = split != "train";
+            let chosen: Vec<_> = all
+                .into_iter()
+                .filter(|(image, _)| {
+                    let name = image
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let h = name.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+                        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+                    });
+                    let u = (hash3(h, seed, 0) >> 40) as f32 / (1u64 << 24) as f32;
+                    (u < val_fraction) == want_val
+                })
+                .collect();
+            if chosen.is_empty() {
+                return Err(Error::Split {
+                    dir: root.to_owned(),
+                    what: format!("the {split} split is empty with --val-fraction {val_fraction}"),
+                });
+            }
+            chosen
+        };
+        let (format, labels) = match labels {
+            Some(l) => (MaskFormat::Ids, l),
+            None if is_binary_mask(&pairs[0].1)? => (MaskFormat::Binary, LabelSpace::binary()),
+            None => (MaskFormat::Ids, LabelSpace::camvid()),
+        };
+        Ok(FileSplit {
+            pairs,
+            format,
+            labels,
+        })
+    }
+
+    /// The CamVid layout only: `root/split` and `root/{split}annot`.
+    pub fn camvid(root: &Path, split: &str) -> Result<FileSplit> {
+        let images = list_images(
+            &root.join(split),
+            &format!("the CamVid layout has {split}/ and {split}annot/"),
+        )?;
+        if images.is_empty() {
+            return Err(Error::Split {
+                dir: root.join(split),
                 what: "holds no images".into(),
             });
         }
-        if !labels.is_dir() {
+        let annot = root.join(format!("{split}annot"));
+        if !annot.is_dir() {
             return Err(Error::Split {
-                dir: labels,
+                dir: annot,
                 what: "label folder is missing".into(),
             });
         }
-        let pairs = files
-            .into_iter()
-            .map(|image| {
-                let name = image.file_name().expect("listed files have names");
-                let same = labels.join(name);
-                let png = labels.join(Path::new(name).with_extension("png"));
-                match (same.is_file(), png.is_file()) {
-                    (true, _) => Ok((image, same)),
-                    (false, true) => Ok((image, png)),
-                    (false, false) => Err(Error::MissingMask {
+        Ok(FileSplit {
+            pairs: pair_by_name(images, &annot)?,
+            format: MaskFormat::Ids,
+            labels: LabelSpace::camvid(),
+        })
+    }
+
+    fn cityscapes(root: &Path, split: &str) -> Result<FileSplit> {
+        let images_root = root.join("leftImg8bit").join(split);
+        let cities = std::fs::read_dir(&images_root).map_err(|e| Error::Split {
+            dir: images_root.clone(),
+            what: format!("cannot read the split folder ({e})"),
+        })?;
+        let mut cities: Vec<PathBuf> = cities
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        cities.sort();
+        let mut pairs = Vec::new();
+        for city in cities {
+            for image in list_images(&city, "Cityscapes cities hold *_leftImg8bit.png")? {
+                let name = image
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                let Some(prefix) = name.strip_suffix("_leftImg8bit.png") else {
+                    continue;
+                };
+                let city_name = city.file_name().unwrap_or_default();
+                let mask = root
+                    .join("gtFine")
+                    .join(split)
+                    .join(city_name)
+                    .join(format!("{prefix}_gtFine_labelIds.png"));
+                if !mask.is_file() {
+                    return Err(Error::MissingMask {
                         image,
-                        expected: same,
-                    }),
+                        expected: mask,
+                    });
                 }
-            })
-            .collect::<Result<_>>()?;
-        Ok(FileSplit { pairs })
+                pairs.push((image, mask));
+            }
+        }
+        if pairs.is_empty() {
+            return Err(Error::Split {
+                dir: images_root,
+                what: "holds no *_leftImg8bit.png images".into(),
+            });
+        }
+        Ok(FileSplit {
+            pairs,
+            format: MaskFormat::CityscapesLabelIds,
+            labels: LabelSpace::cityscapes(),
+        })
     }
 }
 
-/// Reads one image and its label file, checking that they fit together and that
-/// every label is a class id below `num_classes` or void.
-pub fn load_pair(image: &Path, mask: &Path, num_classes: usize) -> Result<Sample> {
+/// Reads one image and its label file, maps the labels to class ids as `format`
+/// says, and checks that they fit together and that every label is a class of
+/// `labels` or void.
+pub fn load_pair(
+    image: &Path,
+    mask: &Path,
+    labels: &LabelSpace,
+    format: &MaskFormat,
+) -> Result<Sample> {
     let img = image::open(image).map_err(|source| Error::Image {
         path: image.to_owned(),
         source,
@@ -107,16 +295,7 @@ pub fn load_pair(image: &Path, mask: &Path, num_classes: usize) -> Result<Sample
         path: mask.to_owned(),
         what,
     };
-    let lab = match lab {
-        image::DynamicImage::ImageLuma8(l) => l,
-        other => {
-            return Err(bad(format!(
-                "label is {:?}; expected an 8-bit grey image of class ids",
-                other.color()
-            )));
-        }
-    };
-    if lab.dimensions() != (img.width(), img.height()) {
+    if (lab.width(), lab.height()) != (img.width(), img.height()) {
         return Err(bad(format!(
             "label is {}x{} but its image {} is {}x{}",
             lab.width(),
@@ -126,20 +305,59 @@ pub fn load_pair(image: &Path, mask: &Path, num_classes: usize) -> Result<Sample
             img.height()
         )));
     }
-    if let Some((i, v)) = lab
+    let (w, n) = (lab.width(), labels.num_classes());
+    let mut ids = match lab {
+        image::DynamicImage::ImageLuma8(l) => l,
+        image::DynamicImage::ImageRgb8(_) | image::DynamicImage::ImageRgba8(_)
+            if *format == MaskFormat::Ids =>
+        {
+            let rgb = lab.into_rgb8();
+            let mut ids = GrayImage::new(rgb.width(), rgb.height());
+            for (i, (p, out)) in rgb.pixels().zip(ids.pixels_mut()).enumerate() {
+                out.0[0] = labels.id_of_color(p.0).ok_or_else(|| {
+                    bad(format!(
+                        "colour {:?} at pixel ({}, {}) is not in the class palette",
+                        p.0,
+                        i as u32 % w,
+                        i as u32 / w
+                    ))
+                })?;
+            }
+            ids
+        }
+        other => {
+            return Err(bad(format!(
+                "label is {:?}; expected an 8-bit grey image of class ids (or palette colours with a class_dict.csv)",
+                other.color()
+            )));
+        }
+    };
+    match format {
+        MaskFormat::Ids => {}
+        MaskFormat::Binary => ids.iter_mut().for_each(|v| *v = (*v >= 128) as u8),
+        MaskFormat::CityscapesLabelIds => {
+            let mut table = [labels.void; 256];
+            for (label_id, train_id) in CITYSCAPES_TRAIN_IDS {
+                table[label_id as usize] = train_id;
+            }
+            ids.iter_mut().for_each(|v| *v = table[*v as usize]);
+        }
+    }
+    if let Some((i, v)) = ids
         .as_raw()
         .iter()
         .enumerate()
-        .find(|&(_, &v)| v as usize >= num_classes && v != VOID)
+        .find(|&(_, &v)| v as usize >= n && v != labels.void)
     {
-        let (x, y) = (i as u32 % lab.width(), i as u32 / lab.width());
+        let (x, y) = (i as u32 % w, i as u32 / w);
         return Err(bad(format!(
-            "label value {v} at pixel ({x}, {y}) is neither a class id (0..{num_classes}) nor void ({VOID})"
+            "label value {v} at pixel ({x}, {y}) is neither a class id (0..{n}) nor void ({})",
+            labels.void
         )));
     }
     Ok(Sample {
         image: img.into_rgb8(),
-        mask: lab,
+        mask: ids,
     })
 }
 
@@ -159,22 +377,48 @@ pub enum Source {
     },
 }
 
+/// Which data a run reads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataSpec {
+    /// Dataset folder; `None` for synthetic scenes.
+    pub root: Option<PathBuf>,
+    /// Share of a plain folder (no split sub-folders) held out for validation.
+    pub val_fraction: f32,
+    /// Synthetic training scenes.
+    pub synthetic_train: usize,
+    /// Synthetic validation scenes.
+    pub synthetic_val: usize,
+    /// Seed of the split and of the synthetic scenes.
+    pub seed: u64,
+}
+
 impl Source {
-    /// The split `split` of the dataset at `data`, or synthetic scenes when `data` is `None`.
-    pub fn open(
-        data: Option<&Path>,
-        split: &str,
-        synthetic_count: usize,
-        size: Size,
-        seed: u64,
-    ) -> Result<Source> {
-        match data {
-            Some(root) => Ok(Source::Files(FileSplit::camvid(root, split)?)),
+    /// Split `split` of the data `spec` describes; synthetic scenes render at `size`.
+    pub fn open(spec: &DataSpec, split: &str, size: Size) -> Result<Source> {
+        match &spec.root {
+            Some(root) => Ok(Source::Files(FileSplit::open(
+                root,
+                split,
+                spec.val_fraction,
+                spec.seed,
+            )?)),
             None => Ok(Source::Synthetic {
-                count: synthetic_count,
+                count: if split == "train" {
+                    spec.synthetic_train
+                } else {
+                    spec.synthetic_val
+                },
                 size,
-                seed: hash3(seed, if split == "train" { 0 } else { 1 }, 0x5EED),
+                seed: hash3(spec.seed, if split == "train" { 0 } else { 1 }, 0x5EED),
             }),
+        }
+    }
+
+    /// The classes of the samples.
+    pub fn labels(&self) -> LabelSpace {
+        match self {
+            Source::Files(f) => f.labels.clone(),
+            Source::Synthetic { .. } => LabelSpace::camvid(),
         }
     }
 
@@ -203,19 +447,20 @@ impl Source {
     }
 
     /// Loads sample `i` at its own resolution.
-    pub fn load(&self, i: usize, num_classes: usize) -> Result<Sample> {
+    pub fn load(&self, i: usize) -> Result<Sample> {
         match self {
             Source::Files(f) => {
                 let (image, mask) = &f.pairs[i];
-                load_pair(image, mask, num_classes)
+                load_pair(image, mask, &f.labels, &f.format)
             }
             Source::Synthetic { size, seed, .. } => {
                 let mut rgb = vec![0; 3 * size.area()];
                 let mut mask = vec![0; size.area()];
+                let (w, h) = (size.width as usize, size.height as usize);
                 firmware::synth::render_scene(
                     hash3(*seed, i as u64, 0),
-                    size.width as usize,
-                    size.height as usize,
+                    w,
+                    h,
                     &mut rgb,
                     &mut mask,
                 )?;
@@ -294,7 +539,7 @@ pub fn resize(sample: &Sample, size: Size) -> Sample {
 }
 
 /// Applies `aug` to a sample already at the training size, with randomness from `rng`.
-pub fn augment(sample: Sample, aug: &Augment, rng: &mut Rng) -> Sample {
+pub fn augment(sample: Sample, aug: &Augment, void: u8, rng: &mut Rng) -> Sample {
     let Sample {
         mut image,
         mut mask,
@@ -327,7 +572,7 @@ pub fn augment(sample: Sample, aug: &Augment, rng: &mut Rng) -> Sample {
         let angle = rng
             .range(-aug.rotate_degrees, aug.rotate_degrees)
             .to_radians();
-        (image, mask) = rotate(&image, &mask, angle);
+        (image, mask) = rotate(&image, &mask, angle, void);
     }
     if aug.flip && rng.chance(0.5) {
         imageops::flip_horizontal_in_place(&mut image);
@@ -362,12 +607,12 @@ pub fn augment(sample: Sample, aug: &Augment, rng: &mut Rng) -> Sample {
 
 /// Rotates image (bilinear) and mask (nearest) about the centre; uncovered mask
 /// pixels become void and uncovered image pixels black.
-fn rotate(image: &RgbImage, mask: &GrayImage, angle: f32) -> (RgbImage, GrayImage) {
+fn rotate(image: &RgbImage, mask: &GrayImage, angle: f32, void: u8) -> (RgbImage, GrayImage) {
     let (w, h) = image.dimensions();
     let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
     let (sin, cos) = angle.sin_cos();
     let mut out_img = RgbImage::new(w, h);
-    let mut out_mask = GrayImage::from_pixel(w, h, image::Luma([VOID]));
+    let mut out_mask = GrayImage::from_pixel(w, h, image::Luma([void]));
     for y in 0..h {
         for x in 0..w {
             let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
@@ -455,8 +700,8 @@ pub struct BatchPlan {
     pub normalize: Normalize,
     /// Shuffle seed, or `None` to keep the order.
     pub shuffle: Option<u64>,
-    /// Classes in the label space (labels beyond are errors unless void).
-    pub num_classes: usize,
+    /// Label value of unlabelled pixels (fills what augmentation uncovers).
+    pub void: u8,
     /// Worker threads that decode and augment.
     pub workers: usize,
     /// Keep every mask at its file's own resolution (for scoring as published
@@ -536,7 +781,7 @@ fn build_batch(
     let mut masks = Vec::with_capacity(indices.len() * w * h);
     let mut mask_sizes = Vec::with_capacity(indices.len());
     for (k, &i) in indices.iter().enumerate() {
-        let loaded = source.load(i, plan.num_classes)?;
+        let loaded = source.load(i)?;
         let native = plan.native_masks.then(|| loaded.mask.clone());
         let mut sample = resize(&loaded, plan.size);
         if let Some(aug) = &plan.augment {
@@ -545,7 +790,7 @@ fn build_batch(
                 batch_index as u64,
                 i as u64,
             ));
-            sample = augment(sample, aug, &mut rng);
+            sample = augment(sample, aug, plan.void, &mut rng);
         }
         plan.normalize.apply(
             &sample.image,
@@ -568,6 +813,7 @@ fn build_batch(
 mod tests {
     use super::*;
     use crate::io::{write_gray_png, write_rgb_png};
+    use firmware::VOID;
 
     fn camvid_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -590,7 +836,13 @@ mod tests {
         let dir = camvid_dir();
         let split = FileSplit::camvid(dir.path(), "train").unwrap();
         assert_eq!(split.pairs.len(), 3);
-        let s = load_pair(&split.pairs[2].0, &split.pairs[2].1, 11).unwrap();
+        let s = load_pair(
+            &split.pairs[2].0,
+            &split.pairs[2].1,
+            &LabelSpace::camvid(),
+            &MaskFormat::Ids,
+        )
+        .unwrap();
         assert_eq!(s.mask.as_raw(), &vec![2; 48]);
     }
 
@@ -617,7 +869,8 @@ mod tests {
         let err = load_pair(
             &root.join("train/a1.png"),
             &root.join("trainannot/a1.png"),
-            11,
+            &LabelSpace::camvid(),
+            &MaskFormat::Ids,
         )
         .unwrap_err()
         .to_string();
@@ -632,7 +885,8 @@ mod tests {
         let err = load_pair(
             &root.join("train/a1.png"),
             &root.join("trainannot/a1.png"),
-            11,
+            &LabelSpace::camvid(),
+            &MaskFormat::Ids,
         )
         .unwrap_err()
         .to_string();
@@ -643,7 +897,8 @@ mod tests {
         load_pair(
             &root.join("train/a1.png"),
             &root.join("trainannot/a1.png"),
-            11,
+            &LabelSpace::camvid(),
+            &MaskFormat::Ids,
         )
         .unwrap();
         // A truncated image.
@@ -652,17 +907,35 @@ mod tests {
         let err = load_pair(
             &root.join("train/a0.png"),
             &root.join("trainannot/a0.png"),
-            11,
+            &LabelSpace::camvid(),
+            &MaskFormat::Ids,
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("a0.png"), "{err}");
-        // An RGB mask.
-        write_rgb_png(&root.join("trainannot/a2.png"), 8, 6, &[0; 144]).unwrap();
+        // A colour mask whose colour is not a class colour.
+        write_rgb_png(&root.join("trainannot/a2.png"), 8, 6, &[1; 144]).unwrap();
         let err = load_pair(
             &root.join("train/a2.png"),
             &root.join("trainannot/a2.png"),
-            11,
+            &LabelSpace::camvid(),
+            &MaskFormat::Ids,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("a2.png") && err.contains("not in the class palette"),
+            "{err}"
+        );
+        // A grey-and-alpha mask is no label format at all.
+        image::GrayAlphaImage::new(8, 6)
+            .save(root.join("trainannot/a2.png"))
+            .unwrap();
+        let err = load_pair(
+            &root.join("train/a2.png"),
+            &root.join("trainannot/a2.png"),
+            &LabelSpace::camvid(),
+            &MaskFormat::Ids,
         )
         .unwrap_err()
         .to_string();
@@ -696,6 +969,7 @@ mod tests {
                     mask: mask.clone(),
                 },
                 &aug,
+                VOID,
                 &mut Rng::new(seed),
             );
             let mut agree = 0;
@@ -728,7 +1002,7 @@ mod tests {
             augment: None,
             normalize: Normalize::default(),
             shuffle: None,
-            num_classes: 11,
+            void: VOID,
             workers: 2,
             native_masks: false,
         };
@@ -737,11 +1011,104 @@ mod tests {
             batches.iter().map(|b| b.len).collect::<Vec<_>>(),
             vec![3, 3, 1]
         );
-        let first = source.load(0, 11).unwrap();
+        let first = source.load(0).unwrap();
         assert_eq!(&batches[0].masks[..32 * 24], first.mask.as_raw().as_slice());
         let again: Vec<Batch> = super::batches(&source, &plan)
             .collect::<Result<_>>()
             .unwrap();
         assert_eq!(again[2].images, batches[2].images);
+    }
+
+    #[test]
+    fn cityscapes_layout_maps_label_ids_to_train_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let image = root.join("leftImg8bit/val/aachen/aachen_000000_000019_leftImg8bit.png");
+        let mask = root.join("gtFine/val/aachen/aachen_000000_000019_gtFine_labelIds.png");
+        write_rgb_png(&image, 4, 1, &[9; 12]).unwrap();
+        // road (7), sky (23), bicycle (33), and "ego vehicle" (1) which is void.
+        write_gray_png(&mask, 4, 1, &[7, 23, 33, 1]).unwrap();
+        let split = FileSplit::open(root, "val", 0.2, 0).unwrap();
+        assert_eq!(split.labels.num_classes(), 19);
+        let s = Source::Files(split).load(0).unwrap();
+        assert_eq!(s.mask.as_raw(), &vec![0, 10, 18, 255]);
+        std::fs::remove_file(&mask).unwrap();
+        let err = FileSplit::open(root, "val", 0.2, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("aachen_000000_000019_leftImg8bit.png") && err.contains("labelIds"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn plain_folder_with_binary_masks_splits_by_fraction() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for i in 0..20 {
+            write_rgb_png(&root.join(format!("images/c{i:02}.png")), 3, 1, &[0; 9]).unwrap();
+            write_gray_png(
+                &root.join(format!("masks/c{i:02}.png")),
+                3,
+                1,
+                &[0, 255, 255],
+            )
+            .unwrap();
+        }
+        let train = FileSplit::open(root, "train", 0.25, 1).unwrap();
+        let val = FileSplit::open(root, "val", 0.25, 1).unwrap();
+        assert_eq!(train.pairs.len() + val.pairs.len(), 20);
+        assert!(
+            !val.pairs.is_empty() && val.pairs.len() < 10,
+            "{}",
+            val.pairs.len()
+        );
+        assert!(train.pairs.iter().all(|p| !val.pairs.contains(p)));
+        assert_eq!(train.labels, LabelSpace::binary());
+        assert_eq!(
+            Source::Files(train).load(0).unwrap().mask.as_raw(),
+            &vec![0, 1, 1]
+        );
+        // The same seed gives the same split.
+        assert_eq!(
+            FileSplit::open(root, "val", 0.25, 1).unwrap().pairs,
+            val.pairs
+        );
+    }
+
+    #[test]
+    fn colour_masks_decode_through_class_dict() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(
+            root.join("class_dict.csv"),
+            "name,r,g,b\nSky,128,128,128\nRoad,128,64,128\nvoid,0,0,0\n",
+        )
+        .unwrap();
+        write_rgb_png(&root.join("train/x.png"), 3, 1, &[0; 9]).unwrap();
+        write_rgb_png(
+            &root.join("trainannot/x.png"),
+            3,
+            1,
+            &[128, 64, 128, 0, 0, 0, 128, 128, 128],
+        )
+        .unwrap();
+        let split = FileSplit::open(root, "train", 0.2, 0).unwrap();
+        assert_eq!(split.labels.names, vec!["Sky", "Road"]);
+        let source = Source::Files(split);
+        assert_eq!(source.load(0).unwrap().mask.as_raw(), &vec![1, 2, 0]);
+        write_rgb_png(
+            &root.join("trainannot/x.png"),
+            3,
+            1,
+            &[1, 2, 3, 0, 0, 0, 0, 0, 0],
+        )
+        .unwrap();
+        let err = source.load(0).unwrap_err().to_string();
+        assert!(
+            err.contains("x.png") && err.contains("[1, 2, 3]") && err.contains("(0, 0)"),
+            "{err}"
+        );
     }
 }

@@ -93,18 +93,23 @@ pub fn evaluate_run(
     let config = run.config()?;
     let device = Device::flex();
     let model = run.load_model(weights, &device)?;
-    let data = data.map(Path::to_path_buf).or(config.data.clone());
-    let count = if split == "train" {
-        config.synthetic_train
-    } else {
-        config.synthetic_val
-    };
-    let source = Source::open(data.as_deref(), split, count, config.size, config.seed)?;
-    let n = config.model.num_classes();
+    let mut spec = config.data.clone();
+    if let Some(root) = data {
+        spec.root = Some(root.to_path_buf());
+    }
+    let source = Source::open(&spec, split, config.size)?;
+    if source.labels() != config.labels {
+        return Err(crate::error::Error::Invalid(format!(
+            "{} has other classes than the run was trained on",
+            spec.root
+                .as_ref()
+                .map_or("the data".into(), |r| r.display().to_string())
+        )));
+    }
     let plan = EvalPlan {
         size: config.size,
         normalize: config.normalize.clone(),
-        num_classes: n,
+        labels: config.labels.clone(),
         batch: 4,
         workers: 2,
     };
@@ -115,10 +120,7 @@ pub fn evaluate_run(
     };
     let matrix = evaluate(&model, &source, &plan, &device, |k| bar.inc(k as u64))?;
     bar.finish_and_clear();
-    let classes = firmware::CLASS_NAMES[..n]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let classes = config.labels.names.clone();
     Ok(EvalReport {
         classes,
         matrix,

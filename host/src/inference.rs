@@ -7,6 +7,7 @@ use image::{GrayImage, imageops};
 
 use crate::data::{Batch, BatchPlan, Normalize, Source, batches};
 use crate::error::Result;
+use crate::labels::LabelSpace;
 use crate::model::Model;
 
 /// Class ids (argmax over classes) for a batch of normalised images.
@@ -52,8 +53,8 @@ pub struct EvalPlan {
     pub size: Size,
     /// Normalisation the model was trained with.
     pub normalize: Normalize,
-    /// Classes of the model.
-    pub num_classes: usize,
+    /// Classes of the model and the void value of the labels.
+    pub labels: LabelSpace,
     /// Images per forward pass.
     pub batch: usize,
     /// Loader threads.
@@ -70,14 +71,14 @@ pub fn evaluate(
     device: &Device,
     mut on_batch: impl FnMut(usize),
 ) -> Result<ConfusionMatrix> {
-    let mut matrix = ConfusionMatrix::new(plan.num_classes, Some(firmware::VOID));
+    let mut matrix = ConfusionMatrix::new(plan.labels.num_classes(), Some(plan.labels.void));
     let batch_plan = BatchPlan {
         batch: plan.batch,
         size: plan.size,
         augment: None,
         normalize: plan.normalize.clone(),
         shuffle: None,
-        num_classes: plan.num_classes,
+        void: plan.labels.void,
         workers: plan.workers,
         native_masks: true,
     };

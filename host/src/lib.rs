@@ -10,6 +10,7 @@ pub mod error;
 pub mod eval;
 pub mod inference;
 pub mod io;
+pub mod labels;
 pub mod loss;
 pub mod model;
 pub mod plot;

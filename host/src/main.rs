@@ -164,6 +164,9 @@ struct TrainArgs {
     /// Largest blur sigma; 0 switches blur off.
     #[arg(long, default_value_t = 1.0)]
     blur: f32,
+    /// Share of a plain images/ + masks/ folder held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    val_fraction: f32,
     /// Synthetic training scenes (without --data).
     #[arg(long, default_value_t = 400)]
     synthetic_train: usize,
@@ -191,7 +194,16 @@ struct TrainArgs {
 impl TrainArgs {
     fn config(&self) -> anyhow::Result<host::train::TrainConfig> {
         use host::model::ModelConfig;
-        let classes = firmware::NUM_CLASSES;
+        let data = host::data::DataSpec {
+            root: self.data.clone(),
+            val_fraction: self.val_fraction,
+            synthetic_train: self.synthetic_train,
+            synthetic_val: self.synthetic_val,
+            seed: self.seed,
+        };
+        // The classes come from the data: CamVid's, Cityscapes', a class_dict.csv, or binary.
+        let labels = host::data::Source::open(&data, "train", self.size)?.labels();
+        let classes = labels.num_classes();
         let model = match self.model {
             Arch::Unet => ModelConfig::Unet {
                 num_classes: classes,
@@ -203,9 +215,8 @@ impl TrainArgs {
             Arch::Linknet34 => ModelConfig::linknet(classes, 34, self.width),
         };
         let mut c = host::train::TrainConfig::new(model, self.size);
-        c.data = self.data.clone();
-        c.synthetic_train = self.synthetic_train;
-        c.synthetic_val = self.synthetic_val;
+        c.data = data;
+        c.labels = labels;
         c.epochs = self.epochs;
         c.batch = self.batch;
         c.lr = self.lr;
@@ -298,6 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.size,
                 config
                     .data
+                    .root
                     .as_ref()
                     .map_or("synthetic scenes".to_string(), |d| d.display().to_string()),
                 config.epochs,
@@ -347,14 +359,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let written = host::predict::predict_files(&predictor, &images, &out)?;
             println!("wrote {} files to {}", written.len(), out.display());
             if let Some(count) = grid {
-                let data = data.or(config.data.clone());
-                let source = host::data::Source::open(
-                    data.as_deref(),
-                    "val",
-                    config.synthetic_val,
-                    config.size,
-                    config.seed,
-                )?;
+                let mut spec = config.data.clone();
+                if data.is_some() {
+                    spec.root = data;
+                }
+                let source = host::data::Source::open(&spec, "val", config.size)?;
                 let cell = Size::new(240, (240 * config.size.height / config.size.width).max(1));
                 let picture = host::predict::grid(&predictor, &source, count, cell)?;
                 let path = out.join("grid.png");

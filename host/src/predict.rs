@@ -4,14 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use firmware::Size;
 use firmware::post::{colorize, overlay};
-use firmware::{PALETTE, Size, VOID};
 use image::RgbImage;
 
 use crate::data::{Normalize, Source, resize};
 use crate::error::{Error, Result};
 use crate::inference::{predict, resize_mask};
 use crate::io::{write_gray_png, write_rgb_png};
+use crate::labels::LabelSpace;
 use crate::model::Model;
 
 /// Opacity of class colours over the picture in overlays.
@@ -27,7 +28,7 @@ pub struct Predictor {
     /// The normalisation it was trained with.
     pub normalize: Normalize,
     /// Its classes.
-    pub num_classes: usize,
+    pub labels: LabelSpace,
     /// Where it runs.
     pub device: Device,
 }
@@ -41,7 +42,7 @@ impl Predictor {
             model: run.load_model(weights, &device)?,
             size: config.size,
             normalize: config.normalize,
-            num_classes: config.model.num_classes(),
+            labels: config.labels,
             device,
         })
     }
@@ -58,17 +59,24 @@ impl Predictor {
     }
 }
 
-/// The colour mask of `mask`.
-pub fn color_mask(mask: &[u8], size: Size) -> RgbImage {
+/// The colour mask of `mask` in the colours of `labels`.
+pub fn color_mask(mask: &[u8], size: Size, labels: &LabelSpace) -> RgbImage {
     let mut rgb = vec![0; 3 * mask.len()];
-    colorize(mask, &PALETTE, &mut rgb).expect("buffer sized for the mask");
+    colorize(mask, &labels.display_palette(), &mut rgb).expect("buffer sized for the mask");
     RgbImage::from_raw(size.width, size.height, rgb).expect("buffer fits")
 }
 
 /// `image` with the class colours of `mask` blended over it (void left as is).
-pub fn overlay_image(image: &RgbImage, mask: &[u8]) -> RgbImage {
+pub fn overlay_image(image: &RgbImage, mask: &[u8], labels: &LabelSpace) -> RgbImage {
     let mut out = image.clone();
-    overlay(&mut out, mask, &PALETTE, OVERLAY_ALPHA, Some(VOID)).expect("mask fits the image");
+    overlay(
+        &mut out,
+        mask,
+        &labels.display_palette(),
+        OVERLAY_ALPHA,
+        Some(labels.void),
+    )
+    .expect("mask fits the image");
     out
 }
 
@@ -102,13 +110,13 @@ pub fn predict_files(
             &files[1],
             own.width,
             own.height,
-            color_mask(&mask, own).as_raw(),
+            color_mask(&mask, own, &predictor.labels).as_raw(),
         )?;
         write_rgb_png(
             &files[2],
             own.width,
             own.height,
-            overlay_image(&image, &mask).as_raw(),
+            overlay_image(&image, &mask, &predictor.labels).as_raw(),
         )?;
         written.extend(files);
     }
@@ -126,7 +134,7 @@ pub fn grid(predictor: &Predictor, source: &Source, count: usize, cell: Size) ->
     );
     let mut out = RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
     for k in 0..count {
-        let sample = source.load(k, predictor.num_classes)?;
+        let sample = source.load(k)?;
         let prediction = predictor.segment(&sample.image);
         let own = Size::new(sample.image.width(), sample.image.height());
         let small = resize(&sample, cell);
@@ -134,8 +142,8 @@ pub fn grid(predictor: &Predictor, source: &Source, count: usize, cell: Size) ->
         let x = k as i64 * (cell.width + gap) as i64;
         let rows = [
             small.image.clone(),
-            color_mask(small.mask.as_raw(), cell),
-            color_mask(&pred, cell),
+            color_mask(small.mask.as_raw(), cell, &predictor.labels),
+            color_mask(&pred, cell, &predictor.labels),
         ];
         for (r, picture) in rows.iter().enumerate() {
             image::imageops::replace(&mut out, picture, x, r as i64 * (cell.height + gap) as i64);

