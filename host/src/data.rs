@@ -131,24 +131,7 @@ impl FileSplit {
             None
         };
         let pairs = if root.join(split).is_dir() || !root.join("images").is_dir() {
-            let images = list_images(
-                &root.join(split),
-                &format!("the CamVid layout has {split}/ and {split}annot/"),
-            )?;
-            if images.is_empty() {
-                return Err(Error::Split {
-                    dir: root.join(split),
-                    what: "holds no images".into(),
-                });
-            }
-            let annot = root.join(format!("{split}annot"));
-            if !annot.is_dir() {
-                return Err(Error::Split {
-                    dir: annot,
-                    what: "label folder is missing".into(),
-                });
-            }
-            pair_by_name(images, &annot)?
+            Self::camvid(root, split)?.pairs
         } else {
             let images = list_images(
                 &root.join("images"),
