@@ -15,9 +15,15 @@
 extern crate alloc;
 
 pub mod classes;
+#[cfg(feature = "std")]
+pub mod engine;
 pub mod error;
+#[cfg(feature = "std")]
+pub mod fsio;
 #[cfg(feature = "alloc")]
 pub mod metrics;
+#[cfg(feature = "std")]
+pub mod model_info;
 pub mod post;
 pub mod rng;
 pub mod size;

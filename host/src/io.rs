@@ -1,7 +1,7 @@
 //! Writing files so that a crash never leaves a half-written one: the bytes go to
 //! a temporary file in the destination folder, which is then renamed over the target.
 
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::Path;
 
 use image::{ExtendedColorType, ImageEncoder, codecs::png::PngEncoder};
@@ -10,22 +10,7 @@ use crate::error::{Error, Result};
 
 /// Writes `bytes` to `path` atomically, creating the parent folder if needed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".edgeseg-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.as_file()
-        .sync_data()
-        .map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    firmware::fsio::write_atomic(path, bytes).map_err(|(path, e)| Error::io(&path, e))
 }
 
 /// Encodes 8-bit pixels as PNG in memory.

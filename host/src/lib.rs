@@ -8,6 +8,7 @@
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod inference;
 pub mod io;
 pub mod labels;

@@ -84,6 +84,26 @@ enum Command {
         #[arg(long, default_value = "best.bpk")]
         weights: String,
     },
+    /// Write a trained run as an ONNX file (opset 13, batch norms folded, input
+    /// `image` 1x3xHxW, output `logits` 1xCxHxW) that carries its class names,
+    /// palette, input size and normalisation; then check it in tract against Burn.
+    Export {
+        /// Run folder written by `edgeseg train`.
+        #[arg(long)]
+        run: PathBuf,
+        /// ONNX file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Weights to export: best.bpk or last.bpk.
+        #[arg(long, default_value = "best.bpk")]
+        weights: String,
+        /// Input size as WIDTHxHEIGHT (the training size by default).
+        #[arg(long)]
+        size: Option<Size>,
+        /// Validation images on which tract's output is compared with Burn's.
+        #[arg(long, default_value_t = 4)]
+        check_images: usize,
+    },
 }
 
 /// Architectures `edgeseg train` builds.
@@ -176,6 +196,11 @@ struct TrainArgs {
     /// Stop after this many epochs without a better validation mIoU.
     #[arg(long)]
     patience: Option<usize>,
+    /// Wall-clock budget in minutes: the learning-rate schedule runs on elapsed
+    /// time and training ends with the epoch in which the budget runs out
+    /// (--epochs is then an upper bound).
+    #[arg(long, value_parser = parse_minutes)]
+    time_limit: Option<f64>,
     /// Seed of initialisation, shuffling, augmentation and synthetic scenes.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -248,9 +273,17 @@ impl TrainArgs {
             blur: self.blur,
         });
         c.patience = self.patience;
+        c.time_limit = self.time_limit.map(|minutes| minutes * 60.0);
         c.seed = self.seed;
         c.workers = self.workers;
         Ok(c)
+    }
+}
+
+fn parse_minutes(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(m) if m.is_finite() && m > 0.0 => Ok(m),
+        _ => Err(format!("expected a positive number of minutes, got {s:?}")),
     }
 }
 
@@ -374,6 +407,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     picture.as_raw(),
                 )?;
                 println!("wrote {}", path.display());
+            }
+        }
+        Command::Export {
+            run,
+            out,
+            weights,
+            size,
+            check_images,
+        } => {
+            let dir = host::train::RunDir::new(&run);
+            let report = host::export::export_run(&dir, &weights, size, &out, check_images)
+                .with_context(|| format!("exporting {}", run.display()))?;
+            let ops: Vec<String> = report
+                .ops
+                .iter()
+                .map(|(op, n)| format!("{n} {op}"))
+                .collect();
+            println!(
+                "wrote {} ({:.2} MB): {} at {}, {} classes, {:.2} GMAC per frame",
+                out.display(),
+                report.bytes as f64 / 1e6,
+                report.info.architecture,
+                report.info.input_size,
+                report.info.num_classes(),
+                report.macs as f64 / 1e9
+            );
+            println!(
+                "  ops: {} ({} batch norms folded)",
+                ops.join(", "),
+                report.folded
+            );
+            let a = &report.agreement;
+            println!(
+                "  tract vs Burn on {} validation images: max |diff| {:.2e}, argmax agreement {:.4}%",
+                a.images,
+                a.max_abs_diff,
+                100.0 * a.argmax_agreement
+            );
+            if a.images > 0 && a.argmax_agreement < 0.999 {
+                anyhow::bail!(
+                    "tract agrees with Burn on only {:.3}% of pixels; the export is wrong",
+                    100.0 * a.argmax_agreement
+                );
             }
         }
     }

@@ -136,6 +136,11 @@ pub struct TrainConfig {
     pub patience: Option<usize>,
     /// Loader threads.
     pub workers: usize,
+    /// Wall-clock budget in seconds (training and validation, over resumes).
+    /// When set, the schedule runs on elapsed time and the run ends with the
+    /// epoch in which the budget ran out; `epochs` is then an upper bound.
+    #[serde(default)]
+    pub time_limit: Option<f64>,
 }
 
 impl TrainConfig {
@@ -166,6 +171,7 @@ impl TrainConfig {
             seed: 0,
             patience: None,
             workers: 2,
+            time_limit: None,
         }
     }
 
@@ -472,7 +478,16 @@ pub fn train(
     };
     let (h, w) = (config.size.height as usize, config.size.width as usize);
     let mut last_matrix = ConfusionMatrix::new(n_classes, Some(config.labels.void));
+    // Time spent by earlier sessions of this run counts against the budget.
+    let spent_before: f64 = state.history.iter().map(|r| r.seconds).sum();
+    let run_started = Instant::now();
+    let elapsed = || spent_before + run_started.elapsed().as_secs_f64();
+    let mut out_of_time = false;
     for epoch in state.epochs_done + 1..=config.epochs {
+        if config.time_limit.is_some_and(|limit| elapsed() >= limit) {
+            log("the time budget is used up: nothing to resume");
+            break;
+        }
         let started = Instant::now();
         let plan = BatchPlan {
             batch: config.batch,
@@ -492,7 +507,11 @@ pub fn train(
         let (mut loss_sum, mut seen, mut lr) = (0.0f64, 0usize, config.lr);
         for (i, batch) in batches(&train_source, &plan).enumerate() {
             let batch = batch?;
-            let t = ((epoch - 1) * batches_per_epoch + i) as f64 / total_iters;
+            let by_steps = ((epoch - 1) * batches_per_epoch + i) as f64 / total_iters;
+            let t = match config.time_limit {
+                Some(limit) => by_steps.max(elapsed() / limit),
+                None => by_steps,
+            };
             lr = config.schedule.rate(config.lr, t, config.warmup);
             let x = Tensor::<4>::from_data(
                 TensorData::new(batch.images, [batch.len, 3, h, w]),
@@ -526,6 +545,10 @@ pub fn train(
                 config.epochs,
                 loss_sum / seen as f64
             ));
+            if config.time_limit.is_some_and(|limit| elapsed() >= limit) {
+                out_of_time = true;
+                break;
+            }
         }
         progress.finish_and_clear();
         let eval_device = Device::flex();
@@ -581,6 +604,14 @@ pub fn train(
             log(&format!(
                 "no better validation mIoU for {} epochs: stopping early",
                 epoch - state.best_epoch
+            ));
+            break;
+        }
+        if out_of_time {
+            log(&format!(
+                "time budget of {:.0} s used up after {:.0} s: stopping",
+                config.time_limit.unwrap_or_default(),
+                elapsed()
             ));
             break;
         }

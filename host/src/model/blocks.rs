@@ -4,6 +4,9 @@ use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfi
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
+use model_export::{Graph, graph::Value};
+
+use crate::export::{self, GraphResult};
 
 /// Convolution without bias (the batch norm that follows has one), then batch norm and ReLU.
 #[derive(Module, Debug)]
@@ -37,6 +40,18 @@ impl ConvBnRelu {
     pub fn forward_linear(&self, x: Tensor<4>) -> Tensor<4> {
         self.bn.forward(self.conv.forward(x))
     }
+
+    /// Adds [`ConvBnRelu::forward`] to `g`.
+    pub fn export(&self, g: &mut Graph, name: &str, x: Value) -> GraphResult<Value> {
+        let x = self.export_linear(g, name, x)?;
+        export::relu(g, &format!("{name}.relu"), x)
+    }
+
+    /// Adds [`ConvBnRelu::forward_linear`] to `g`.
+    pub fn export_linear(&self, g: &mut Graph, name: &str, x: Value) -> GraphResult<Value> {
+        let x = export::conv(g, &format!("{name}.conv"), &self.conv, x)?;
+        export::batch_norm(g, &format!("{name}.bn"), &self.bn, x)
+    }
 }
 
 /// Transposed convolution, batch norm and ReLU.
@@ -61,6 +76,13 @@ impl UpBnRelu {
     /// `[b, c_in, h, w]` to `[b, c_out, 2h, 2w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         relu(self.bn.forward(self.conv.forward(x)))
+    }
+
+    /// Adds [`UpBnRelu::forward`] to `g`.
+    pub fn export(&self, g: &mut Graph, name: &str, x: Value) -> GraphResult<Value> {
+        let x = export::conv_transpose(g, &format!("{name}.conv"), &self.conv, x)?;
+        let x = export::batch_norm(g, &format!("{name}.bn"), &self.bn, x)?;
+        export::relu(g, &format!("{name}.relu"), x)
     }
 }
 

@@ -11,7 +11,10 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use model_export::{Graph, Op, graph::Value};
+
 use super::blocks::{ConvBnRelu, UpBnRelu, crop, pad_to_multiple, up2};
+use crate::export::{self, GraphResult};
 
 /// LinkNet hyper-parameters; saved beside the weights so the model can be rebuilt.
 #[derive(Config, Debug, PartialEq)]
@@ -106,6 +109,17 @@ impl BasicBlock {
         };
         relu(self.conv2.forward_linear(self.conv1.forward(x)) + shortcut)
     }
+
+    fn export(&self, g: &mut Graph, name: &str, x: Value) -> GraphResult<Value> {
+        let shortcut = match &self.downsample {
+            Some(d) => d.export_linear(g, &format!("{name}.downsample"), x)?,
+            None => x,
+        };
+        let y = self.conv1.export(g, &format!("{name}.conv1"), x)?;
+        let y = self.conv2.export_linear(g, &format!("{name}.conv2"), y)?;
+        let sum = g.add(format!("{name}.add"), Op::Add, &[y, shortcut])?;
+        export::relu(g, &format!("{name}.relu"), sum)
+    }
 }
 
 /// LinkNet decoder block: 1x1 conv (m to m/4), 3x3 transposed conv /2, 1x1 conv (m/4 to n).
@@ -139,6 +153,16 @@ impl DecoderBlock {
             (None, None) => unreachable!("a decoder block upsamples or keeps the size"),
         };
         self.expand.forward(x)
+    }
+
+    fn export(&self, g: &mut Graph, name: &str, x: Value) -> GraphResult<Value> {
+        let x = self.reduce.export(g, &format!("{name}.reduce"), x)?;
+        let x = match (&self.up, &self.same) {
+            (Some(up), _) => up.export(g, &format!("{name}.up"), x)?,
+            (None, Some(same)) => same.export(g, &format!("{name}.same"), x)?,
+            (None, None) => unreachable!("a decoder block upsamples or keeps the size"),
+        };
+        self.expand.export(g, &format!("{name}.expand"), x)
     }
 }
 
@@ -182,5 +206,28 @@ impl LinkNet {
         // [b, c0, h/4, w/4] after decoder 0.
         let x = self.final_conv.forward(self.final_up.forward(d)); // [b, c0/2, h/2, w/2]
         crop(self.classifier.forward(x), size) // [b, classes, h, w]
+    }
+
+    /// Adds [`LinkNet::forward`] to `g`, reading the graph's input.
+    pub fn export(&self, g: &mut Graph) -> GraphResult<Value> {
+        let (x, size) = export::pad_input(g, Self::STRIDE)?;
+        let x = self.stem.export(g, "stem", x)?;
+        let mut x = export::max_pool(g, "stem.pool", &self.pool, x)?;
+        let mut encoded = Vec::with_capacity(4);
+        for (i, stage) in self.stages.iter().enumerate() {
+            for (j, block) in stage.iter().enumerate() {
+                x = block.export(g, &format!("encoder{i}.{j}"), x)?;
+            }
+            encoded.push(x);
+        }
+        let mut d = self.decoders[3].export(g, "decoder3", encoded[3])?;
+        for i in (0..3).rev() {
+            let sum = g.add(format!("decoder{i}.skip"), Op::Add, &[d, encoded[i]])?;
+            d = self.decoders[i].export(g, &format!("decoder{i}"), sum)?;
+        }
+        let x = self.final_up.export(g, "final_up", d)?;
+        let x = self.final_conv.export(g, "final_conv", x)?;
+        let x = export::conv_transpose(g, "classifier", &self.classifier, x)?;
+        export::crop_output(g, x, size)
     }
 }

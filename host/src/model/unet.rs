@@ -11,7 +11,10 @@ use burn::nn::interpolate::{Interpolate2d, Interpolate2dConfig, InterpolateMode}
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::prelude::*;
 
+use model_export::{Graph, Op, graph::Value};
+
 use super::blocks::{ConvBnRelu, crop, pad_to_multiple, up2};
+use crate::export::{self, GraphResult};
 
 /// U-Net hyper-parameters; saved beside the weights so the model can be rebuilt.
 #[derive(Config, Debug, PartialEq)]
@@ -49,6 +52,11 @@ impl DoubleConv {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.second.forward(self.first.forward(x))
     }
+
+    fn export(&self, g: &mut Graph, name: &str, x: Value) -> GraphResult<Value> {
+        let x = self.first.export(g, &format!("{name}.0"), x)?;
+        self.second.export(g, &format!("{name}.1"), x)
+    }
 }
 
 /// One decoder level: upsample, concatenate the skip, two convolutions.
@@ -68,6 +76,19 @@ impl UpLevel {
             _ => unreachable!("an up level has a transposed convolution or a resize"),
         };
         self.conv.forward(Tensor::cat(vec![skip, x], 1))
+    }
+
+    fn export(&self, g: &mut Graph, name: &str, x: Value, skip: Value) -> GraphResult<Value> {
+        let x = match (&self.up, &self.resize, &self.reduce) {
+            (Some(up), _, _) => export::conv_transpose(g, &format!("{name}.up"), up, x)?,
+            (None, Some(resize), Some(reduce)) => {
+                let x = export::interpolate(g, &format!("{name}.resize"), resize, x)?;
+                export::conv(g, &format!("{name}.reduce"), reduce, x)?
+            }
+            _ => unreachable!("an up level has a transposed convolution or a resize"),
+        };
+        let x = g.add(format!("{name}.cat"), Op::Concat, &[skip, x])?;
+        self.conv.export(g, &format!("{name}.conv"), x)
     }
 }
 
@@ -148,5 +169,25 @@ impl UNet {
             x = level.forward(x, skips.pop().expect("one skip per level"));
         }
         crop(self.head.forward(x), size)
+    }
+
+    /// Adds [`UNet::forward`] to `g`, reading the graph's input.
+    pub fn export(&self, g: &mut Graph) -> GraphResult<Value> {
+        let (mut x, size) = export::pad_input(g, self.stride())?;
+        let mut skips = Vec::with_capacity(self.down.len());
+        for (i, level) in self.down.iter().enumerate() {
+            if i > 0 {
+                x = export::max_pool(g, &format!("down{i}.pool"), &self.pool, x)?;
+            }
+            x = level.export(g, &format!("down{i}"), x)?;
+            skips.push(x);
+        }
+        skips.pop();
+        for (i, level) in self.up.iter().enumerate() {
+            let skip = skips.pop().expect("one skip per level");
+            x = level.export(g, &format!("up{i}"), x, skip)?;
+        }
+        let x = export::conv(g, "head", &self.head, x)?;
+        export::crop_output(g, x, size)
     }
 }

@@ -1,0 +1,192 @@
+//! Running an exported model with tract: load the ONNX file, read its
+//! [`ModelInfo`], optimise the graph for the fixed input size, run frames.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::plan::SimpleState;
+
+use crate::model_info::{MetadataError, ModelInfo};
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The model file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file is not an ONNX model tract can run.
+    #[error("{what}: {message}")]
+    Model {
+        /// The model file, or "the model".
+        what: String,
+        /// tract's explanation, with its causes.
+        message: String,
+    },
+    /// The model's metadata is missing or malformed.
+    #[error("{what}: {source}")]
+    Metadata {
+        /// The model file, or "the model".
+        what: String,
+        /// The key at fault.
+        source: MetadataError,
+    },
+    /// An input of the wrong length.
+    #[error("the model takes {expected} input values, got {actual}")]
+    Input {
+        /// Values the model takes.
+        expected: usize,
+        /// Values given.
+        actual: usize,
+    },
+}
+
+fn tract_error(what: &str, e: TractError) -> EngineError {
+    EngineError::Model {
+        what: what.into(),
+        message: format!("{e:#}"),
+    }
+}
+
+/// A model ready to run frames of its fixed input size.
+#[derive(Debug)]
+pub struct Engine {
+    info: ModelInfo,
+    plan: Arc<TypedRunnableModel>,
+    state: SimpleState<TypedFact, Box<dyn TypedOp>>,
+    output_shape: Vec<usize>,
+}
+
+/// Reads the edgeseg metadata of a parsed ONNX file.
+pub fn model_info(proto: &ModelProto) -> Result<ModelInfo, MetadataError> {
+    ModelInfo::from_props(
+        proto
+            .metadata_props
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str())),
+    )
+}
+
+impl Engine {
+    /// Loads an ONNX file written by `edgeseg export` or `edgeseg quantize`.
+    pub fn load(path: &Path) -> Result<Engine, EngineError> {
+        let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Engine::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Loads a model from the bytes of an ONNX file; `what` names it in errors.
+    pub fn from_bytes(bytes: &[u8], what: &str) -> Result<Engine, EngineError> {
+        let onnx = tract_onnx::onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(|e| tract_error(what, e))?;
+        let info = model_info(&proto).map_err(|source| EngineError::Metadata {
+            what: what.into(),
+            source,
+        })?;
+        Engine::from_proto(&proto, info, what)
+    }
+
+    /// Builds the engine for a parsed model whose metadata is `info`.
+    pub fn from_proto(
+        proto: &ModelProto,
+        info: ModelInfo,
+        what: &str,
+    ) -> Result<Engine, EngineError> {
+        let size = info.input_size;
+        let shape = [1, 3, size.height as usize, size.width as usize];
+        let plan = tract_onnx::onnx()
+            .model_for_proto_model(proto)
+            .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| tract_error(what, e))?;
+        let output_shape = plan
+            .model()
+            .output_fact(0)
+            .map_err(|e| tract_error(what, e))?;
+        let output_shape = output_shape
+            .shape
+            .as_concrete()
+            .map(|s| s.to_vec())
+            .ok_or_else(|| EngineError::Model {
+                what: what.into(),
+                message: "the output shape is not fixed by the input size".into(),
+            })?;
+        let expected = [1, info.num_classes(), shape[2], shape[3]];
+        if output_shape != expected {
+            return Err(EngineError::Model {
+                what: what.into(),
+                message: format!(
+                    "output shape {output_shape:?}; expected {expected:?} for {} classes",
+                    info.num_classes()
+                ),
+            });
+        }
+        let state = plan.spawn().map_err(|e| tract_error(what, e))?;
+        Ok(Engine {
+            info,
+            plan,
+            state,
+            output_shape,
+        })
+    }
+
+    /// The model's metadata.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The optimised graph tract runs.
+    pub fn optimized(&self) -> &TypedModel {
+        self.plan.model()
+    }
+
+    /// Counts the optimised graph's operators by name, largest count first.
+    pub fn op_counts(&self) -> Vec<(String, usize)> {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for node in self.plan.model().nodes() {
+            *counts.entry(node.op.name().to_string()).or_default() += 1;
+        }
+        let mut counts: Vec<_> = counts.into_iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        counts
+    }
+
+    /// Runs one normalised planar image (`3 * height * width` values, channels
+    /// first) and returns planar logits (`classes * height * width`).
+    pub fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, EngineError> {
+        let size = self.info.input_size;
+        let (h, w) = (size.height as usize, size.width as usize);
+        if input.len() != 3 * h * w {
+            return Err(EngineError::Input {
+                expected: 3 * h * w,
+                actual: input.len(),
+            });
+        }
+        let tensor =
+            Tensor::from_shape(&[1, 3, h, w], input).map_err(|e| tract_error("input", e))?;
+        let outputs = self
+            .state
+            .run(tvec!(tensor.into()))
+            .map_err(|e| tract_error("running the model", e))?;
+        let logits = outputs[0]
+            .cast_to::<f32>()
+            .map_err(|e| tract_error("reading the logits", e))?;
+        let values = logits
+            .to_plain_array_view::<f32>()
+            .map_err(|e| tract_error("reading the logits", e))?;
+        debug_assert_eq!(values.len(), self.output_shape.iter().product::<usize>());
+        Ok(values.iter().copied().collect())
+    }
+}

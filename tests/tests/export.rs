@@ -1,0 +1,103 @@
+//! A trained run exported to ONNX: tract agrees with Burn, and the reference
+//! tools (onnx's full checker, onnxruntime) accept the file and agree with tract.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use firmware::engine::Engine;
+use host::model::ModelConfig;
+use host::train::{RunDir, TrainConfig, train};
+
+/// The Python interpreter with `onnx` and `onnxruntime`: `EDGESEG_PYTHON`, or
+/// the environment `bench/setup-python.sh` creates.
+fn python() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("EDGESEG_PYTHON").map(PathBuf::from),
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/edgeseg/venv/bin/python")),
+    ];
+    candidates.into_iter().flatten().find(|p| {
+        Command::new(p)
+            .args(["-c", "import onnx, onnxruntime"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+fn tiny_run(dir: &std::path::Path, model: ModelConfig) -> RunDir {
+    let mut config = TrainConfig::new(model, firmware::Size::new(64, 48));
+    config.data.synthetic_train = 8;
+    config.data.synthetic_val = 4;
+    config.epochs = 2;
+    config.batch = 4;
+    config.augment = None;
+    let run = RunDir::new(dir.join("run"));
+    train(&config, &run, false, true, |_| {}).unwrap();
+    run
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[test]
+fn exported_runs_pass_the_reference_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = python();
+    if python.is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI must provide python with onnx and onnxruntime (bench/setup-python.sh)");
+        }
+        eprintln!("skipping the onnx/onnxruntime half: run bench/setup-python.sh --no-torch");
+    }
+    let models = [
+        ModelConfig::Unet {
+            num_classes: 11,
+            base_width: 4,
+            depth: 3,
+            bilinear: true,
+        },
+        ModelConfig::linknet(11, 18, 0.125),
+    ];
+    for (i, model) in models.into_iter().enumerate() {
+        let run = tiny_run(&dir.path().join(i.to_string()), model.clone());
+        let out = dir.path().join(format!("{}.onnx", model.name()));
+        // 60x44 is not a multiple of 32: the graph pads and crops.
+        let size = firmware::Size::new(60, 44);
+        let report = host::export::export_run(&run, "best.bpk", Some(size), &out, 3).unwrap();
+        assert!(report.agreement.argmax_agreement > 0.999, "{report:?}");
+        assert!(report.agreement.max_abs_diff < 1e-3, "{report:?}");
+
+        // The file carries what the board needs.
+        let mut engine = Engine::load(&out).unwrap();
+        let info = engine.info().clone();
+        assert_eq!(info.input_size, size);
+        assert_eq!(info.class_names, firmware::CLASS_NAMES[..11]);
+        assert_eq!(info.architecture, model.name());
+        assert!((info.val_miou - run.state().unwrap().best_miou).abs() < 1e-5);
+
+        let Some(python) = &python else { continue };
+        let config = run.config().unwrap();
+        let input = host::export::validation_inputs(&config, size, 1)
+            .unwrap()
+            .remove(0);
+        let logits = engine.run(&input).unwrap();
+        let (x, y) = (dir.path().join("x.f32"), dir.path().join("y.f32"));
+        std::fs::write(&x, f32_bytes(&input)).unwrap();
+        std::fs::write(&y, f32_bytes(&logits)).unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/check_onnx.py");
+        let output = Command::new(python)
+            .arg(script)
+            .arg(&out)
+            .arg(&x)
+            .arg(&y)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}: {}{}",
+            out.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
