@@ -55,6 +55,19 @@ fn tract_error(what: &str, e: TractError) -> EngineError {
     }
 }
 
+/// One matrix-multiply kernel of an optimised graph.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kernel {
+    /// The node's name in tract's graph (derived from the ONNX node's).
+    pub node: String,
+    /// Whether it multiplies int8 operands (accumulating in i32).
+    pub integer: bool,
+    /// Whether it writes 8-bit results directly (requantisation fused into the kernel).
+    pub fused_requantization: bool,
+    /// tract's description: shapes, kernel, fused operations.
+    pub description: String,
+}
+
 /// A model ready to run frames of its fixed input size.
 #[derive(Debug)]
 pub struct Engine {
@@ -161,6 +174,27 @@ impl Engine {
         let mut counts: Vec<_> = counts.into_iter().collect();
         counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         counts
+    }
+
+    /// The matrix-multiply kernels of the optimised graph (the convolutions), with
+    /// the operand types tract packed for them.
+    pub fn matmul_kernels(&self) -> Vec<Kernel> {
+        let model = self.plan.model();
+        model
+            .nodes()
+            .iter()
+            .filter(|n| n.op.name() == "OptMatMul")
+            .map(|n| {
+                let description = n.op.info().unwrap_or_default().join("; ");
+                Kernel {
+                    node: n.name.clone(),
+                    integer: description.contains("PackedI8"),
+                    fused_requantization: description.contains(",U8")
+                        || description.contains(",I8"),
+                    description,
+                }
+            })
+            .collect()
     }
 
     /// Runs one normalised planar image (`3 * height * width` values, channels

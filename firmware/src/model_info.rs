@@ -161,7 +161,10 @@ mod tests {
 
     fn info() -> ModelInfo {
         ModelInfo {
-            class_names: crate::CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+            class_names: crate::CLASS_NAMES[..crate::NUM_CLASSES]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             palette: crate::PALETTE[..crate::NUM_CLASSES].to_vec(),
             void: Some(11),
             input_size: Size::new(256, 192),

@@ -104,6 +104,31 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         check_images: usize,
     },
+    /// Time training steps on random data (the Burn half of `bench/train-step.sh`,
+    /// which runs PyTorch on the same network beside it).
+    BenchStep {
+        /// Architecture.
+        #[arg(long, value_enum, default_value_t = Arch::Unet)]
+        model: Arch,
+        /// U-Net: channels of the first level.
+        #[arg(long, default_value_t = 16)]
+        base_width: usize,
+        /// LinkNet: channel multiplier.
+        #[arg(long, default_value_t = 1.0)]
+        width: f32,
+        /// Input size as WIDTHxHEIGHT.
+        #[arg(long, default_value = "256x256")]
+        size: Size,
+        /// Images per step.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Timed steps.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+    },
 }
 
 /// Architectures `edgeseg train` builds.
@@ -408,6 +433,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )?;
                 println!("wrote {}", path.display());
             }
+        }
+        Command::BenchStep {
+            model,
+            base_width,
+            width,
+            size,
+            batch,
+            steps,
+            warmup,
+        } => {
+            use host::model::ModelConfig;
+            let config = match model {
+                Arch::Unet => ModelConfig::unet(11, base_width),
+                Arch::Linknet18 => ModelConfig::linknet(11, 18, width),
+                Arch::Linknet34 => ModelConfig::linknet(11, 34, width),
+            };
+            let (params, times) = host::train::bench_steps(&config, size, batch, warmup, steps);
+            let mut sorted = times.clone();
+            sorted.sort_by(f64::total_cmp);
+            let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+            println!(
+                "{}",
+                serde_json::json!({
+                    "framework": "burn 0.22 (burn-flex)",
+                    "model": config.name(),
+                    "size": size.to_string(),
+                    "batch": batch,
+                    "params": params,
+                    "median_s": median,
+                    "steps_s": times,
+                })
+            );
         }
         Command::Export {
             run,

@@ -228,6 +228,11 @@ impl Graph {
         &self.nodes
     }
 
+    /// The nodes, for passes that change weights in place (not the structure).
+    pub(crate) fn nodes_mut(&mut self) -> &mut [Node] {
+        &mut self.nodes
+    }
+
     /// The shape of `value`.
     pub fn shape(&self, value: Value) -> [usize; 3] {
         self.shapes[value]

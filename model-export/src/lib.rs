@@ -10,6 +10,7 @@
 pub mod error;
 pub mod graph;
 pub mod onnx;
+pub mod quant;
 
 pub use error::{Error, Result};
 pub use firmware::model_info::ModelInfo;
