@@ -197,6 +197,29 @@ impl Engine {
             .collect()
     }
 
+    /// Runs `input` once and returns the time each node of the optimised graph
+    /// took, slowest first: `(node name, operator, seconds)`.
+    pub fn profile(&mut self, input: &[f32]) -> Result<Vec<(String, String, f64)>, EngineError> {
+        let size = self.info.input_size;
+        let shape = [1, 3, size.height as usize, size.width as usize];
+        let tensor = Tensor::from_shape(&shape, input).map_err(|e| tract_error("input", e))?;
+        let mut times = Vec::new();
+        self.state
+            .run_plan_with_eval(tvec!(tensor.into()), |ctx, state, node, inputs| {
+                let started = std::time::Instant::now();
+                let out = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
+                times.push((
+                    node.name.clone(),
+                    node.op.name().to_string(),
+                    started.elapsed().as_secs_f64(),
+                ));
+                out
+            })
+            .map_err(|e| tract_error("running the model", e))?;
+        times.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(times)
+    }
+
     /// Runs one normalised planar image (`3 * height * width` values, channels
     /// first) and returns planar logits (`classes * height * width`).
     pub fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, EngineError> {

@@ -16,6 +16,7 @@ pub mod loss;
 pub mod model;
 pub mod plot;
 pub mod predict;
+pub mod quantize;
 pub mod synth;
 pub mod train;
 

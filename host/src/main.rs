@@ -104,6 +104,43 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         check_images: usize,
     },
+    /// Quantise a float ONNX model to int8 that tract runs with integer kernels,
+    /// then report per-class IoU float vs int8, pixel agreement, file sizes,
+    /// tract latency and which convolutions run in integers.
+    Quantize {
+        /// Float ONNX file (from `edgeseg export`).
+        #[arg(long)]
+        model: PathBuf,
+        /// Calibration pictures: a folder of images, or a dataset (its train/ split).
+        #[arg(long)]
+        calib: PathBuf,
+        /// Calibration pictures to use at most (spread over the folder).
+        #[arg(long, default_value_t = 32)]
+        calib_images: usize,
+        /// int8 ONNX file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Weight scales per output channel instead of per tensor (more accurate
+        /// without equalisation, but tract does not fuse its requantisation).
+        #[arg(long)]
+        per_channel: bool,
+        /// Activation ranges: `minmax`, or a percentile such as `99.99`.
+        #[arg(long, default_value = "99.99")]
+        calibration: String,
+        /// Skip cross-layer equalisation.
+        #[arg(long)]
+        no_equalize: bool,
+        /// Skip bias correction.
+        #[arg(long)]
+        no_bias_correction: bool,
+        /// Labelled dataset whose validation split scores float against int8
+        /// (synthetic scenes without it).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Validation images to score at most.
+        #[arg(long, default_value_t = 50)]
+        eval_images: usize,
+    },
     /// Time training steps on random data (the Burn half of `bench/train-step.sh`,
     /// which runs PyTorch on the same network beside it).
     BenchStep {
@@ -433,6 +470,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )?;
                 println!("wrote {}", path.display());
             }
+        }
+        Command::Quantize {
+            model,
+            calib,
+            calib_images,
+            out,
+            per_channel,
+            calibration,
+            no_equalize,
+            no_bias_correction,
+            data,
+            eval_images,
+        } => {
+            use model_export::quant::{Calibration, QuantOptions, WeightScheme};
+            let calibration = match calibration.as_str() {
+                "minmax" => Calibration::MinMax,
+                p => match p.parse::<f64>() {
+                    Ok(p) if (50.0..=100.0).contains(&p) => Calibration::Percentile(p),
+                    _ => anyhow::bail!(
+                        "--calibration: expected minmax or a percentile in 50..100, got {p:?}"
+                    ),
+                },
+            };
+            let job = host::quantize::QuantizeJob {
+                model: model.clone(),
+                calib,
+                calib_images,
+                out: out.clone(),
+                options: QuantOptions {
+                    weights: if per_channel {
+                        WeightScheme::PerChannel
+                    } else {
+                        WeightScheme::PerTensor
+                    },
+                    calibration,
+                    equalize: !no_equalize,
+                    bias_correction: !no_bias_correction,
+                },
+                data,
+                eval_images,
+            };
+            let report = host::quantize::quantize_file(&job)
+                .with_context(|| format!("quantising {}", model.display()))?;
+            println!("wrote {}", out.display());
+            print!("{}", report.table());
         }
         Command::BenchStep {
             model,

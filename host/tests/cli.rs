@@ -250,4 +250,60 @@ fn train_then_eval_writes_the_run_and_the_report() {
     let out = edgeseg(&["eval", "--run", dir.path().join("nope").to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+
+    // Export, then quantise with the prediction folder's pictures as calibration.
+    let onnx = dir.path().join("model.onnx");
+    let out = edgeseg(&["export", "--run", run_str, "--out", onnx.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("argmax agreement 100.0000%"), "{stdout}");
+    let int8 = dir.path().join("model.int8.onnx");
+    let out = edgeseg(&[
+        "quantize",
+        "--model",
+        onnx.to_str().unwrap(),
+        "--calib",
+        pred.to_str().unwrap(),
+        "--out",
+        int8.to_str().unwrap(),
+        "--eval-images",
+        "3",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("mean IoU") && stdout.contains("run on int8"),
+        "{stdout}"
+    );
+    let info = firmware::engine::Engine::load(&int8)
+        .unwrap()
+        .info()
+        .clone();
+    assert_eq!(info.precision, "int8");
+    assert!(std::fs::metadata(&int8).unwrap().len() < std::fs::metadata(&onnx).unwrap().len() / 2);
+    // Calibration from a folder without pictures is a clear error naming it.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = edgeseg(&[
+        "quantize",
+        "--model",
+        onnx.to_str().unwrap(),
+        "--calib",
+        empty.to_str().unwrap(),
+        "--out",
+        dir.path().join("x.onnx").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("empty") && stderr.contains("no PNG"),
+        "{stderr}"
+    );
 }

@@ -556,7 +556,9 @@ pub fn from_model(model: &ModelProto) -> Result<Graph> {
                 .map_err(|e| fail(&label, e.to_string()))
         };
         let check_plain = || -> Result<()> {
-            if ints("group", &[1]) != [1] || ints("dilations", &[1, 1]).iter().any(|&d| d != 1) {
+            if attr("group").is_some_and(|a| a.i != 1)
+                || ints("dilations", &[1, 1]).iter().any(|&d| d != 1)
+            {
                 return Err(fail(
                     &label,
                     "grouped or dilated convolutions are not supported".into(),
@@ -762,4 +764,95 @@ pub fn from_model(model: &ModelProto) -> Result<Graph> {
         })?;
     graph.set_output(v)?;
     Ok(graph)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::tests::small_graph;
+
+    fn info(g: &Graph) -> ModelInfo {
+        let [_, h, w] = g.input_shape();
+        let classes = g.shape(g.output())[0];
+        ModelInfo {
+            class_names: (0..classes).map(|i| format!("c{i}")).collect(),
+            palette: vec![[9, 9, 9]; classes],
+            void: Some(255),
+            input_size: firmware::Size::new(w as u32, h as u32),
+            mean: [0.4; 3],
+            std: [0.2; 3],
+            architecture: "small".into(),
+            val_miou: 0.5,
+            precision: "float32".into(),
+        }
+    }
+
+    #[test]
+    fn graphs_round_trip_through_onnx() {
+        let g = small_graph();
+        let model = to_model(&g, &info(&g));
+        let back = from_model(&ModelProto::decode(&model.encode_to_vec()[..]).unwrap()).unwrap();
+        assert_eq!(back.nodes().len(), g.nodes().len());
+        for (a, b) in back.nodes().iter().zip(g.nodes()) {
+            assert_eq!((&a.op, &a.inputs), (&b.op, &b.inputs), "{}", a.name);
+        }
+        assert_eq!(back.output(), g.output());
+    }
+
+    /// What PyTorch's exporter writes differs: unnamed nodes, weights as
+    /// `float_data`, scales in `Constant` nodes, `Identity` pass-throughs.
+    #[test]
+    fn reads_exporter_variations_and_names_unsupported_nodes() {
+        let g = small_graph();
+        let mut model = to_model(&g, &info(&g));
+        let graph = model.graph.as_mut().unwrap();
+        for t in &mut graph.initializer {
+            if t.data_type == DataType::Float as i32 {
+                t.float_data = tensor_values_f32(t).unwrap();
+                t.raw_data.clear();
+            }
+        }
+        // Move the first initializer into a Constant node, rename nodes away.
+        let first = graph.initializer.remove(0);
+        graph.node.insert(
+            0,
+            NodeProto {
+                op_type: "Constant".into(),
+                output: vec![first.name.clone()],
+                attribute: vec![AttributeProto {
+                    name: "value".into(),
+                    r#type: AttributeType::Tensor as i32,
+                    t: Some(first),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+        let relu = graph.node.iter().position(|n| n.op_type == "Relu").unwrap();
+        let out = graph.node[relu].output[0].clone();
+        graph.node[relu].output[0] = format!("{out}_pre");
+        graph.node.insert(
+            relu + 1,
+            NodeProto {
+                op_type: "Identity".into(),
+                input: vec![format!("{out}_pre")],
+                output: vec![out],
+                ..Default::default()
+            },
+        );
+        graph.node.iter_mut().for_each(|n| n.name.clear());
+        let back = from_model(&model).unwrap();
+        assert_eq!(back.nodes().len(), g.nodes().len());
+        for (a, b) in back.nodes().iter().zip(g.nodes()) {
+            assert_eq!((&a.op, &a.inputs), (&b.op, &b.inputs));
+        }
+
+        let graph = model.graph.as_mut().unwrap();
+        graph.node[3].op_type = "Softmax".into();
+        let err = from_model(&model).unwrap_err().to_string();
+        assert!(
+            err.contains("Softmax") && err.contains("not supported"),
+            "{err}"
+        );
+    }
 }

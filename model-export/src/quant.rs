@@ -51,9 +51,20 @@ pub enum Calibration {
     Percentile(f64),
 }
 
+/// The 8-bit type activations are stored in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activations {
+    /// uint8 with a zero point in 0..=255 (onnxruntime's default).
+    U8,
+    /// int8 with a zero point in -128..=127.
+    I8,
+}
+
 /// Quantisation options.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QuantOptions {
+    /// Storage type of activations.
+    pub activations: Activations,
     /// Weight scheme.
     pub weights: WeightScheme,
     /// Activation calibration.
@@ -67,6 +78,7 @@ pub struct QuantOptions {
 impl Default for QuantOptions {
     fn default() -> Self {
         QuantOptions {
+            activations: Activations::I8,
             weights: WeightScheme::PerTensor,
             calibration: Calibration::Percentile(99.99),
             equalize: true,
@@ -193,11 +205,11 @@ fn range(stats: &ValueStats, calibration: Calibration) -> (f32, f32) {
     (lo.min(0.0), hi.max(0.0))
 }
 
-/// uint8 scale and zero point covering `[lo, hi]` (which holds 0).
-fn affine_u8(lo: f32, hi: f32) -> (f32, u8) {
+/// Scale and zero point covering `[lo, hi]` (which holds 0) in 256 steps.
+fn affine(lo: f32, hi: f32, ty: Activations) -> (f32, i32) {
     let scale = ((hi - lo) / 255.0).max(1e-8);
-    let zp = (-lo / scale).round().clamp(0.0, 255.0) as u8;
-    (scale, zp)
+    let zp = (-lo / scale).round().clamp(0.0, 255.0) as i32;
+    (scale, if ty == Activations::I8 { zp - 128 } else { zp })
 }
 
 fn per_out_max(weights: &[f32], outputs: usize) -> Vec<f32> {
@@ -311,11 +323,14 @@ fn quantize_weights(conv: &Conv, scheme: WeightScheme) -> (Vec<i8>, Vec<f32>) {
     (q, scales)
 }
 
-fn tensor_u8(name: &str, v: u8) -> TensorProto {
+fn zero_point(name: &str, v: i32, ty: Activations) -> TensorProto {
     TensorProto {
         name: name.into(),
-        data_type: DataType::Uint8 as i32,
-        raw_data: vec![v],
+        data_type: match ty {
+            Activations::U8 => DataType::Uint8,
+            Activations::I8 => DataType::Int8,
+        } as i32,
+        raw_data: vec![v as u8],
         ..Default::default()
     }
 }
@@ -380,20 +395,21 @@ pub fn quantize(
     let stats = calibrate(&graph, calib)?;
 
     // Encoding of each value that is stored as uint8: (scale, zero point).
-    let mut encodings: HashMap<Value, (f32, u8)> = HashMap::new();
-    let encoding = |v: Value, encodings: &mut HashMap<Value, (f32, u8)>| {
+    let mut encodings: HashMap<Value, (f32, i32)> = HashMap::new();
+    let encoding = |v: Value, encodings: &mut HashMap<Value, (f32, i32)>| {
         *encodings.entry(v).or_insert_with(|| {
             let (lo, hi) = range(&stats[v], options.calibration);
-            affine_u8(lo, hi)
+            affine(lo, hi, options.activations)
         })
     };
     // The ReLU absorbed by each convolution, if any: conv node -> relu node.
     let mut absorbed: HashMap<usize, usize> = HashMap::new();
     for (i, node) in graph.nodes().iter().enumerate() {
-        if let (Op::Relu, Some(src)) = (&node.op, node.inputs[0].checked_sub(1)) {
-            if matches!(graph.nodes()[src].op, Op::Conv(_)) && graph.readers(node.inputs[0]) == 1 {
-                absorbed.insert(src, i);
-            }
+        if let (Op::Relu, Some(src)) = (&node.op, node.inputs[0].checked_sub(1))
+            && matches!(graph.nodes()[src].op, Op::Conv(_))
+            && graph.readers(node.inputs[0]) == 1
+        {
+            absorbed.insert(src, i);
         }
     }
     let absorbed_relus: std::collections::HashSet<usize> = absorbed.values().copied().collect();
@@ -403,10 +419,14 @@ pub fn quantize(
     let mut float_name: HashMap<Value, String> = HashMap::from([(Graph::INPUT, "image".into())]);
     let mut q_name: HashMap<Value, String> = HashMap::new();
     let mut alias: HashMap<Value, Value> = HashMap::new(); // absorbed relu -> conv value
-    let params = |b: &mut ProtoBuilder, base: &str, (scale, zp): (f32, u8)| {
+    let params = |b: &mut ProtoBuilder, base: &str, (scale, zp): (f32, i32)| {
         (
             b.constant(scalar_f32(&format!("{base}.scale"), scale)),
-            b.constant(tensor_u8(&format!("{base}.zero_point"), zp)),
+            b.constant(zero_point(
+                &format!("{base}.zero_point"),
+                zp,
+                options.activations,
+            )),
         )
     };
     macro_rules! quantized {
@@ -418,7 +438,7 @@ pub fn quantize(
                 let f = float_name[&v].clone();
                 let enc = encoding(v, &mut encodings);
                 let (s, z) = params(&mut b, &format!("{f}.q"), enc);
-                let out = format!("{f}.u8");
+                let out = format!("{f}.q8");
                 b.node(
                     &format!("{f}.quantize"),
                     "QuantizeLinear",
@@ -473,7 +493,7 @@ pub fn quantize(
                 let range_of = absorbed.get(&i).map_or(out, |&r| Graph::value_of(r));
                 let y_enc = {
                     let (lo, hi) = range(&stats[range_of], options.calibration);
-                    affine_u8(lo, hi)
+                    affine(lo, hi, options.activations)
                 };
                 encodings.insert(out, y_enc);
                 let (wq, w_scales) = quantize_weights(conv, options.weights);
@@ -486,11 +506,10 @@ pub fn quantize(
                     for (o, b) in bias.iter_mut().enumerate() {
                         let s = w_scales[if w_scales.len() == 1 { 0 } else { o }];
                         let mut shift = 0.0f64;
-                        for c in 0..ci {
+                        for (c, mean) in means.iter().enumerate().take(ci) {
                             for k in 0..kh * kw {
                                 let j = (o * ci + c) * kh * kw + k;
-                                shift +=
-                                    (wq[j] as f32 * s - conv.weights.data[j]) as f64 * means[c];
+                                shift += (wq[j] as f32 * s - conv.weights.data[j]) as f64 * mean;
                             }
                         }
                         *b -= shift as f32;
@@ -532,7 +551,7 @@ pub fn quantize(
                 let bq = b.constant(tensor_i32(&format!("{name}.bias.i32"), &bias_q));
                 let (xs, xz) = params(&mut b, &format!("{name}.x"), x_enc);
                 let (ys, yz) = params(&mut b, &format!("{name}.y"), y_enc);
-                let y = format!("{name}.u8");
+                let y = format!("{name}.q8");
                 let [_, _, kh, kw] = conv.weights.shape;
                 let to_i64 = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
                 b.node(
@@ -555,7 +574,7 @@ pub fn quantize(
                 let x = quantized!(inputs[0]);
                 let enc = encoding(inputs[0], &mut encodings);
                 encodings.insert(out, enc);
-                let y = format!("{name}.u8");
+                let y = format!("{name}.q8");
                 float_node(&mut b, &graph, i, &[x], &y);
                 q_name.insert(out, y);
             }
@@ -584,7 +603,7 @@ pub fn quantize(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::graph::{ConvTranspose, Weights};
     use firmware::engine::Engine;
@@ -707,8 +726,14 @@ mod tests {
         let test = images(2, 2, g.input_shape());
         let float_bytes = prost::Message::encode_to_vec(&to_model(&g, &info));
         let mut float = Engine::from_bytes(&float_bytes, "float").unwrap();
-        for weights in [WeightScheme::PerTensor, WeightScheme::PerChannel] {
+        let schemes = [
+            (Activations::I8, WeightScheme::PerTensor),
+            (Activations::U8, WeightScheme::PerTensor),
+            (Activations::I8, WeightScheme::PerChannel),
+        ];
+        for (activations, weights) in schemes {
             let options = QuantOptions {
+                activations,
                 weights,
                 ..Default::default()
             };
