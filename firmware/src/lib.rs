@@ -18,6 +18,7 @@ pub mod classes;
 #[cfg(feature = "std")]
 pub mod engine;
 pub mod error;
+pub mod frame;
 #[cfg(feature = "std")]
 pub mod fsio;
 #[cfg(feature = "alloc")]
