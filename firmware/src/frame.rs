@@ -51,8 +51,8 @@ impl PixelFormat {
         }
     }
 
-    /// Bytes a frame of `width` x `height` with first-plane row `stride` occupies.
-    pub const fn frame_len(self, width: u32, height: u32, stride: usize) -> usize {
+    /// Bytes a frame `height` rows high with first-plane row `stride` occupies.
+    pub const fn frame_len(self, height: u32, stride: usize) -> usize {
         let h = height as usize;
         match self {
             // Y plane, then two chroma planes of half the stride and half the rows.
@@ -93,7 +93,7 @@ impl<'a> Frame<'a> {
                 actual: stride,
             });
         }
-        let expected = format.frame_len(size.width, size.height, stride);
+        let expected = format.frame_len(size.height, stride);
         if data.len() < expected {
             return Err(Error::BufferSize {
                 expected,
@@ -273,8 +273,8 @@ fn bilinear_sample(frame: &Frame<'_>, ox: usize, oy: usize, sx: f32, sy: f32) ->
 fn area_sample(frame: &Frame<'_>, ox: usize, oy: usize, sx: f32, sy: f32) -> [f32; 3] {
     let (fw, fh) = (frame.size.width as usize, frame.size.height as usize);
     let span = |o: usize, s: f32, n: usize| {
-        let lo = ((o as f32 * s).round() as usize).min(n - 1);
-        let hi = (((o + 1) as f32 * s).round() as usize).clamp(lo + 1, n);
+        let lo = (libm::roundf(o as f32 * s) as usize).min(n - 1);
+        let hi = (libm::roundf((o + 1) as f32 * s) as usize).clamp(lo + 1, n);
         (lo, hi)
     };
     let (x0, x1) = span(ox, sx, fw);
@@ -305,7 +305,7 @@ mod tests {
     /// BT.601 limited-range forward matrix; chroma is taken from the top-left
     /// pixel of each 2x2 (or 2x1) block.
     fn encode(rgb: &[[u8; 3]], w: usize, h: usize, format: PixelFormat, stride: usize) -> Vec<u8> {
-        let mut out = vec![0u8; format.frame_len(w as u32, h as u32, stride)];
+        let mut out = vec![0u8; format.frame_len(h as u32, stride)];
         let yuv = |p: [u8; 3]| {
             let (r, g, b) = (p[0] as f32, p[1] as f32, p[2] as f32);
             let y = 16.0 + 0.257 * r + 0.504 * g + 0.098 * b;
@@ -494,7 +494,7 @@ mod tests {
         assert_eq!(PixelFormat::I420.camera_stride(1296), 1344);
         assert_eq!(PixelFormat::Rgb8.camera_stride(1296), 3888);
         assert_eq!(
-            PixelFormat::I420.frame_len(640, 480, 640),
+            PixelFormat::I420.frame_len(480, 640),
             640 * 480 * 3 / 2
         );
     }
