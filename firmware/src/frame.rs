@@ -493,10 +493,7 @@ mod tests {
         assert_eq!(PixelFormat::I420.camera_stride(640), 640);
         assert_eq!(PixelFormat::I420.camera_stride(1296), 1344);
         assert_eq!(PixelFormat::Rgb8.camera_stride(1296), 3888);
-        assert_eq!(
-            PixelFormat::I420.frame_len(480, 640),
-            640 * 480 * 3 / 2
-        );
+        assert_eq!(PixelFormat::I420.frame_len(480, 640), 640 * 480 * 3 / 2);
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod metrics;
 #[cfg(feature = "std")]
 pub mod model_info;
 pub mod post;
+pub mod protocol;
 pub mod rng;
 pub mod size;
 pub mod stats;
