@@ -183,7 +183,6 @@ pub fn frame_messages<'a>(
     let seq = header.seq;
     let mut runs = crate::post::runs(mask).peekable();
     let mut pixel = 0u32;
-    let mut chunks = 0u32;
     let chunk_iter = core::iter::from_fn(move || {
         runs.peek()?;
         let first_pixel = pixel;
@@ -193,7 +192,6 @@ pub fn frame_messages<'a>(
             pixel += run.len;
             let _ = chunk.push(run);
         }
-        chunks += 1;
         Some(Message::MaskChunk {
             seq,
             first_pixel,
