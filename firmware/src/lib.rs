@@ -2,12 +2,17 @@
 //!
 //! The core of this crate is `no_std`: it builds for bare-metal targets such as
 //! `thumbv7em-none-eabihf` and holds everything that needs no operating system:
-//! the label space ([`classes`]), deterministic randomness ([`rng`]) and the
-//! synthetic road-scene generator ([`synth`]) that serves as built-in dataset
-//! and camera.
+//! the label space ([`classes`]), camera frame formats and preprocessing
+//! ([`frame`]), post-processing of logits into masks, overlays and runs
+//! ([`post`]), class statistics ([`stats`]), the wire protocol for mask
+//! consumers ([`protocol`]), embedded-hal outputs ([`outputs`]), deterministic
+//! randomness ([`rng`]) and the synthetic road-scene generator ([`synth`]) that
+//! serves as built-in dataset and camera.
 //!
-//! Features: `alloc` adds heap-backed helpers; `std` (default) adds the runtime
-//! that needs an operating system.
+//! Features: `alloc` adds heap-backed helpers (the confusion-matrix
+//! [`metrics`]); `std` (default) adds what needs an operating system: the
+//! tract [`engine`], the model metadata ([`model_info`]) and atomic file
+//! writes ([`fsio`]).
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs)]
 
@@ -25,6 +30,7 @@ pub mod fsio;
 pub mod metrics;
 #[cfg(feature = "std")]
 pub mod model_info;
+pub mod outputs;
 pub mod post;
 pub mod protocol;
 pub mod rng;
