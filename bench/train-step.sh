@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 python=$(bash bench/setup-python.sh)
-cargo build -q -p host --bin edgeseg
-edgeseg=target/debug/edgeseg   # the dev profile compiles dependencies at opt-level 3
+cargo build -q --release -p host --bin edgeseg
+edgeseg=target/release/edgeseg
 threads=$(nproc)
 out=target/bench-train-step.jsonl
 : >"$out"

@@ -86,7 +86,7 @@ impl<'a> Frame<'a> {
             return Err(Error::ZeroSize);
         }
         let min_stride = size.width as usize * format.bytes_per_pixel();
-        let odd_chroma = matches!(format, PixelFormat::I420) && stride % 2 != 0;
+        let odd_chroma = matches!(format, PixelFormat::I420) && !stride.is_multiple_of(2);
         if stride < min_stride || odd_chroma {
             return Err(Error::BufferSize {
                 expected: min_stride,

@@ -127,6 +127,9 @@ enum Command {
         /// Activation ranges: `minmax`, or a percentile such as `99.99`.
         #[arg(long, default_value = "99.99")]
         calibration: String,
+        /// Activation storage: `i8` or `u8` (onnxruntime's default).
+        #[arg(long, default_value = "i8")]
+        activations: String,
         /// Skip cross-layer equalisation.
         #[arg(long)]
         no_equalize: bool,
@@ -478,12 +481,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             per_channel,
             calibration,
+            activations,
             no_equalize,
             no_bias_correction,
             data,
             eval_images,
         } => {
-            use model_export::quant::{Calibration, QuantOptions, WeightScheme};
+            use model_export::quant::{Activations, Calibration, QuantOptions, WeightScheme};
+            let activations = match activations.as_str() {
+                "i8" => Activations::I8,
+                "u8" => Activations::U8,
+                other => anyhow::bail!("--activations: expected i8 or u8, got {other:?}"),
+            };
             let calibration = match calibration.as_str() {
                 "minmax" => Calibration::MinMax,
                 p => match p.parse::<f64>() {
@@ -499,6 +508,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 calib_images,
                 out: out.clone(),
                 options: QuantOptions {
+                    activations,
                     weights: if per_channel {
                         WeightScheme::PerChannel
                     } else {

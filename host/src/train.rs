@@ -619,6 +619,49 @@ pub fn train(
     Ok(TrainSummary { state, last_matrix })
 }
 
+/// Times of `steps` full training steps (forward, cross-entropy, backward, Adam
+/// update) of `model` on random `[batch, 3, h, w]` data, after `warmup` untimed
+/// steps; the Burn half of the PyTorch comparison in `bench/`. Also returns the
+/// model's parameter count, to check both sides build the same network.
+pub fn bench_steps(
+    model: &ModelConfig,
+    size: Size,
+    batch: usize,
+    warmup: usize,
+    steps: usize,
+) -> (usize, Vec<f64>) {
+    let device = Device::flex().autodiff();
+    device.seed(0);
+    let mut net = model.init(&device);
+    let params = net.num_params();
+    let mut optim = AdamConfig::new().init();
+    let (h, w) = (size.height as usize, size.width as usize);
+    let classes = model.num_classes();
+    let x = Tensor::<4>::random(
+        [batch, 3, h, w],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let y = Tensor::<3, Int>::random(
+        [batch, h, w],
+        burn::tensor::Distribution::Uniform(0.0, classes as f64),
+        &device,
+    );
+    let loss = LossConfig::default();
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let started = Instant::now();
+        let l = loss.forward(net.forward(x.clone()), y.clone(), None, 255);
+        let grads = GradientsParams::from_grads(l.backward(), &net);
+        // burn-flex runs eagerly: the update is done when `step` returns.
+        net = optim.step(1e-3, net, grads);
+        if i >= warmup {
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    (params, times)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -749,47 +792,4 @@ mod tests {
         let json = serde_json::to_string(&config).unwrap();
         assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), config);
     }
-}
-
-/// Times of `steps` full training steps (forward, cross-entropy, backward, Adam
-/// update) of `model` on random `[batch, 3, h, w]` data, after `warmup` untimed
-/// steps; the Burn half of the PyTorch comparison in `bench/`. Also returns the
-/// model's parameter count, to check both sides build the same network.
-pub fn bench_steps(
-    model: &ModelConfig,
-    size: Size,
-    batch: usize,
-    warmup: usize,
-    steps: usize,
-) -> (usize, Vec<f64>) {
-    let device = Device::flex().autodiff();
-    device.seed(0);
-    let mut net = model.init(&device);
-    let params = net.num_params();
-    let mut optim = AdamConfig::new().init();
-    let (h, w) = (size.height as usize, size.width as usize);
-    let classes = model.num_classes();
-    let x = Tensor::<4>::random(
-        [batch, 3, h, w],
-        burn::tensor::Distribution::Normal(0.0, 1.0),
-        &device,
-    );
-    let y = Tensor::<3, Int>::random(
-        [batch, h, w],
-        burn::tensor::Distribution::Uniform(0.0, classes as f64),
-        &device,
-    );
-    let loss = LossConfig::default();
-    let mut times = Vec::with_capacity(steps);
-    for i in 0..warmup + steps {
-        let started = Instant::now();
-        let l = loss.forward(net.forward(x.clone()), y.clone(), None, 255);
-        let grads = GradientsParams::from_grads(l.backward(), &net);
-        // burn-flex runs eagerly: the update is done when `step` returns.
-        net = optim.step(1e-3, net, grads);
-        if i >= warmup {
-            times.push(started.elapsed().as_secs_f64());
-        }
-    }
-    (params, times)
 }
