@@ -6,7 +6,7 @@
 #   --no-torch    skip torch (it pulls about 2.7 GB of CUDA wheels from PyPI)
 set -euo pipefail
 venv=${EDGESEG_VENV:-$HOME/.cache/edgeseg/venv}
-packages=(numpy onnx onnxruntime)
+packages=(numpy onnx onnxruntime pillow)
 [ "${1:-}" = "--no-torch" ] || packages+=(torch)
 if [ ! -x "$venv/bin/python" ]; then
     mkdir -p "$(dirname "$venv")"
@@ -14,7 +14,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 missing=()
 for p in "${packages[@]}"; do
-    "$venv/bin/python" -c "import $p" 2>/dev/null || missing+=("$p")
+    "$venv/bin/python" -c "import ${p/pillow/PIL}" 2>/dev/null || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "${missing[@]}" >&2

@@ -34,6 +34,8 @@ pub mod outputs;
 pub mod post;
 pub mod protocol;
 pub mod rng;
+#[cfg(feature = "std")]
+pub mod segmenter;
 pub mod size;
 pub mod stats;
 pub mod synth;

@@ -1,19 +1,35 @@
 //! `edgeseg-run`: the on-board runtime of edgeseg.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
+use anyhow::Context;
 use clap::Parser;
 use firmware::Size;
+use firmware::frame::{Frame, PixelFormat};
+use firmware::segmenter::Segmenter;
 use firmware::stats::Histogram;
 
 /// Stream camera frames through a segmentation model and deliver the masks.
 #[derive(Debug, Parser)]
 #[command(name = "edgeseg-run", version, about, long_about = None)]
 struct Cli {
-    /// Frame source. `synthetic[:WxH]` is a drive from the built-in road-scene
-    /// generator; its ground-truth labels stand in for model output.
+    /// ONNX model written by `edgeseg export` or `edgeseg quantize`; its metadata
+    /// sets the input size, normalisation, classes and palette. Without it the
+    /// synthetic source's ground-truth labels stand in for model output.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Frame source: `synthetic[:WxH]` is a drive from the built-in road-scene
+    /// generator.
     #[arg(long, default_value = "synthetic:480x360")]
     source: String,
+    /// Where masks go (repeatable): `jsonl:PATH` or `jsonl:-` (one JSON object
+    /// per frame: seq, latency_ms per stage, class fractions), `png:DIR` (one
+    /// class-id PNG per frame).
+    #[arg(long)]
+    sink: Vec<String>,
     /// Stop after this many frames.
     #[arg(long, default_value_t = 1)]
     frames: u64,
@@ -32,23 +48,120 @@ fn parse_source(s: &str) -> anyhow::Result<Size> {
     }
 }
 
+/// An output for masks.
+enum Sink {
+    Jsonl(Box<dyn Write>),
+    Png(PathBuf),
+}
+
+impl Sink {
+    fn parse(s: &str) -> anyhow::Result<Sink> {
+        match s.split_once(':') {
+            Some(("jsonl", "-")) => Ok(Sink::Jsonl(Box::new(std::io::stdout()))),
+            Some(("jsonl", path)) => {
+                let file = std::fs::File::create(path)
+                    .with_context(|| format!("--sink {s}: cannot create {path}"))?;
+                Ok(Sink::Jsonl(Box::new(std::io::BufWriter::new(file))))
+            }
+            Some(("png", dir)) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("--sink {s}: cannot create {dir}"))?;
+                Ok(Sink::Png(PathBuf::from(dir)))
+            }
+            _ => anyhow::bail!("--sink {s}: expected jsonl:PATH, jsonl:- or png:DIR"),
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let size = parse_source(&cli.source)?;
     let drive = firmware::synth::Drive::new(cli.seed);
     let mut rgb = vec![0; 3 * size.area()];
     let mut labels = vec![0; size.area()];
-    for i in 0..cli.frames {
+    let Some(model) = &cli.model else {
+        for i in 0..cli.frames {
+            drive.render_frame(
+                i,
+                size.width as usize,
+                size.height as usize,
+                &mut rgb,
+                &mut labels,
+            )?;
+            let hist = Histogram::of(&labels);
+            println!("frame {i} {size}: class histogram (pixels)");
+            for (name, n) in firmware::CLASS_NAMES.iter().zip(hist.counts) {
+                println!("  {name:<11} {n:>8}");
+            }
+        }
+        return Ok(());
+    };
+    let mut segmenter = Segmenter::load(model)?;
+    let mut sinks = cli
+        .sink
+        .iter()
+        .map(|s| Sink::parse(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let info = segmenter.info().clone();
+    let mask_size = segmenter.mask_size();
+    eprintln!(
+        "{}: {} ({}) at {mask_size}, {} classes; source {} at {size}",
+        model.display(),
+        info.architecture,
+        info.precision,
+        info.num_classes(),
+        cli.source
+    );
+    for seq in 0..cli.frames {
+        let started = Instant::now();
         drive.render_frame(
-            i,
+            seq,
             size.width as usize,
             size.height as usize,
             &mut rgb,
             &mut labels,
         )?;
-        let hist = Histogram::of(&labels);
-        println!("frame {i} {size}: class histogram (pixels)");
-        for (name, n) in firmware::CLASS_NAMES.iter().zip(hist.counts) {
-            println!("  {name:<11} {n:>8}");
+        let captured = Instant::now();
+        let frame = Frame::new(PixelFormat::Rgb8, size, 3 * size.width as usize, &rgb)?;
+        segmenter.segment(&frame)?;
+        let (mask, times) = (segmenter.mask(), segmenter.times());
+        let outputs_started = Instant::now();
+        let mut counts = vec![0u64; info.num_classes()];
+        for &m in mask {
+            counts[m as usize] += 1;
+        }
+        for sink in &mut sinks {
+            match sink {
+                Sink::Png(dir) => {
+                    let path = dir.join(format!("{seq:06}.png"));
+                    image::GrayImage::from_raw(mask_size.width, mask_size.height, mask.to_vec())
+                        .expect("mask fits its size")
+                        .save(&path)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                Sink::Jsonl(out) => {
+                    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+                    let fractions: serde_json::Map<String, serde_json::Value> = info
+                        .class_names
+                        .iter()
+                        .zip(&counts)
+                        .map(|(n, &c)| (n.clone(), (c as f64 / mask.len() as f64).into()))
+                        .collect();
+                    let line = serde_json::json!({
+                        "seq": seq,
+                        "latency_ms": {
+                            "capture": ms(captured - started),
+                            "preprocess": ms(times.preprocess),
+                            "inference": ms(times.inference),
+                            "postprocess": ms(times.postprocess),
+                            "output": ms(outputs_started.elapsed()),
+                            "total": ms(started.elapsed()),
+                        },
+                        "fractions": fractions,
+                    });
+                    writeln!(out, "{line}")?;
+                    out.flush()?;
+                }
+            }
         }
     }
     Ok(())

@@ -1,0 +1,101 @@
+//! Frame in, class mask out: preprocessing, tract inference and argmax around
+//! one loaded model, with the buffers reused from frame to frame.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::Size;
+use crate::engine::{Engine, EngineError};
+use crate::frame::{Frame, Normalization, preprocess};
+use crate::model_info::ModelInfo;
+use crate::post::argmax;
+
+/// Time spent in each stage of the last [`Segmenter::segment`] call.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StageTimes {
+    /// Resize, colour conversion and normalisation.
+    pub preprocess: Duration,
+    /// The network in tract.
+    pub inference: Duration,
+    /// Argmax into the class mask.
+    pub postprocess: Duration,
+}
+
+/// A loaded model that segments frames of any format and size.
+#[derive(Debug)]
+pub struct Segmenter {
+    engine: Engine,
+    norm: Normalization,
+    input: Vec<f32>,
+    mask: Vec<u8>,
+    times: StageTimes,
+}
+
+impl Segmenter {
+    /// Loads an ONNX file written by `edgeseg export` or `edgeseg quantize`; its
+    /// metadata sets the input size, normalisation and classes.
+    pub fn load(path: &Path) -> Result<Segmenter, EngineError> {
+        Ok(Segmenter::new(Engine::load(path)?))
+    }
+
+    /// Wraps a loaded engine.
+    pub fn new(engine: Engine) -> Segmenter {
+        let info = engine.info();
+        let area = info.input_size.area();
+        Segmenter {
+            norm: Normalization {
+                mean: info.mean,
+                std: info.std,
+            },
+            input: vec![0.0; 3 * area],
+            mask: vec![0; area],
+            times: StageTimes::default(),
+            engine,
+        }
+    }
+
+    /// The model's metadata.
+    pub fn info(&self) -> &ModelInfo {
+        self.engine.info()
+    }
+
+    /// The size of the masks [`Segmenter::segment`] returns (the model's input size).
+    pub fn mask_size(&self) -> Size {
+        self.engine.info().input_size
+    }
+
+    /// Stage times of the last frame.
+    pub fn times(&self) -> StageTimes {
+        self.times
+    }
+
+    /// The class mask of the last frame segmented, at [`Segmenter::mask_size`].
+    pub fn mask(&self) -> &[u8] {
+        &self.mask
+    }
+
+    /// Segments `frame`; the result is in [`Segmenter::mask`].
+    pub fn segment(&mut self, frame: &Frame<'_>) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let size = self.mask_size();
+        preprocess(frame, size, &self.norm, &mut self.input).map_err(|e| EngineError::Model {
+            what: "preprocessing".into(),
+            message: e.to_string(),
+        })?;
+        let preprocessed = Instant::now();
+        let logits = self.engine.run(&self.input)?;
+        let inferred = Instant::now();
+        argmax(&logits, self.engine.info().num_classes(), &mut self.mask).map_err(|e| {
+            EngineError::Model {
+                what: "the logits".into(),
+                message: e.to_string(),
+            }
+        })?;
+        self.times = StageTimes {
+            preprocess: preprocessed - started,
+            inference: inferred - preprocessed,
+            postprocess: inferred.elapsed(),
+        };
+        Ok(())
+    }
+}
