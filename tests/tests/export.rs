@@ -101,3 +101,62 @@ fn exported_runs_pass_the_reference_checks() {
         );
     }
 }
+
+/// The on-board segmenter gives the same masks from a camera's I420 frame as
+/// from the RGB picture it encodes, through the exported model.
+#[test]
+fn segmenter_reads_camera_frames() {
+    use firmware::frame::{Frame, PixelFormat};
+    use firmware::segmenter::Segmenter;
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path(), ModelConfig::unet(11, 4));
+    let out = dir.path().join("m.onnx");
+    host::export::export_run(&run, "best.bpk", None, &out, 1).unwrap();
+    let mut segmenter = Segmenter::load(&out).unwrap();
+    let size = firmware::Size::new(160, 120);
+    let (w, h) = (160usize, 120usize);
+    let (mut rgb, mut labels) = (vec![0u8; 3 * w * h], vec![0u8; w * h]);
+    firmware::synth::render_scene(11, w, h, &mut rgb, &mut labels).unwrap();
+    segmenter
+        .segment(&Frame::new(PixelFormat::Rgb8, size, 3 * w, &rgb).unwrap())
+        .unwrap();
+    let from_rgb = segmenter.mask().to_vec();
+    assert_eq!(from_rgb.len(), segmenter.mask_size().area());
+
+    // I420 with rpicam's padded stride (160 -> 192 bytes).
+    let stride = PixelFormat::I420.camera_stride(160);
+    let mut yuv = vec![0u8; PixelFormat::I420.frame_len(120, stride)];
+    let to_yuv = |p: &[u8]| {
+        let (r, g, b) = (p[0] as f32, p[1] as f32, p[2] as f32);
+        [
+            16.0 + 0.257 * r + 0.504 * g + 0.098 * b,
+            128.0 - 0.148 * r - 0.291 * g + 0.439 * b,
+            128.0 + 0.439 * r - 0.368 * g - 0.071 * b,
+        ]
+        .map(|v| v.round().clamp(0.0, 255.0) as u8)
+    };
+    let (cs, plane) = (stride / 2, stride * h);
+    for y in 0..h {
+        for x in 0..w {
+            let [luma, u, v] = to_yuv(&rgb[3 * (y * w + x)..][..3]);
+            yuv[y * stride + x] = luma;
+            if x % 2 == 0 && y % 2 == 0 {
+                yuv[plane + (y / 2) * cs + x / 2] = u;
+                yuv[plane + cs * (h / 2) + (y / 2) * cs + x / 2] = v;
+            }
+        }
+    }
+    segmenter
+        .segment(&Frame::camera(PixelFormat::I420, size, &yuv).unwrap())
+        .unwrap();
+    let same = from_rgb
+        .iter()
+        .zip(segmenter.mask())
+        .filter(|(a, b)| a == b)
+        .count();
+    let agreement = same as f64 / from_rgb.len() as f64;
+    assert!(agreement > 0.95, "I420 and RGB masks agree on {agreement}");
+    let t = segmenter.times();
+    assert!(t.inference > t.postprocess, "{t:?}");
+}
