@@ -37,6 +37,8 @@ pub mod rng;
 #[cfg(feature = "std")]
 pub mod segmenter;
 pub mod size;
+#[cfg(feature = "std")]
+pub mod source;
 pub mod stats;
 pub mod synth;
 

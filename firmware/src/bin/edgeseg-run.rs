@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use firmware::Size;
-use firmware::frame::{Frame, PixelFormat};
 use firmware::segmenter::Segmenter;
+use firmware::source::{FrameSource, SyntheticSource};
 use firmware::stats::Histogram;
 
 /// Stream camera frames through a segmentation model and deliver the masks.
@@ -21,8 +21,12 @@ struct Cli {
     /// synthetic source's ground-truth labels stand in for model output.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Frame source: `synthetic[:WxH]` is a drive from the built-in road-scene
-    /// generator.
+    /// Frame source: `synthetic[:WxH]` (a drive from the built-in road-scene
+    /// generator), `stdin:FORMAT:WxH` (raw frames on standard input, as
+    /// `rpicam-vid --codec yuv420 -o -` or `ffmpeg -f rawvideo` write them;
+    /// FORMAT is yuv420, nv12, yuyv, rgb, bgr or gray), `mjpeg:PATH` or
+    /// `mjpeg:-` (concatenated JPEGs, as `rpicam-vid --codec mjpeg` writes),
+    /// `dir:PATH` (pictures in name order).
     #[arg(long, default_value = "synthetic:480x360")]
     source: String,
     /// Where masks go (repeatable): `jsonl:PATH` or `jsonl:-` (one JSON object
@@ -30,9 +34,10 @@ struct Cli {
     /// class-id PNG per frame).
     #[arg(long)]
     sink: Vec<String>,
-    /// Stop after this many frames.
-    #[arg(long, default_value_t = 1)]
-    frames: u64,
+    /// Stop after this many frames (default: when the source ends; the
+    /// synthetic source never does).
+    #[arg(long)]
+    frames: Option<u64>,
     /// Seed of the synthetic drive.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -74,28 +79,24 @@ impl Sink {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let size = parse_source(&cli.source)?;
-    let drive = firmware::synth::Drive::new(cli.seed);
-    let mut rgb = vec![0; 3 * size.area()];
-    let mut labels = vec![0; size.area()];
+    let limit = cli.frames.unwrap_or(u64::MAX);
     let Some(model) = &cli.model else {
-        for i in 0..cli.frames {
-            drive.render_frame(
-                i,
-                size.width as usize,
-                size.height as usize,
-                &mut rgb,
-                &mut labels,
-            )?;
-            let hist = Histogram::of(&labels);
-            println!("frame {i} {size}: class histogram (pixels)");
+        // Without a model: the synthetic drive's own labels, as a smoke test.
+        let size = parse_source(&cli.source)?;
+        let mut source = SyntheticSource::new(size, cli.seed);
+        let mut out = std::io::stdout().lock();
+        for i in 0..cli.frames.unwrap_or(1) {
+            source.next_frame()?;
+            let hist = Histogram::of(source.labels());
+            writeln!(out, "frame {i} {size}: class histogram (pixels)")?;
             for (name, n) in firmware::CLASS_NAMES.iter().zip(hist.counts) {
-                println!("  {name:<11} {n:>8}");
+                writeln!(out, "  {name:<11} {n:>8}")?;
             }
         }
         return Ok(());
     };
     let mut segmenter = Segmenter::load(model)?;
+    let mut source = firmware::source::open(&cli.source, cli.seed)?;
     let mut sinks = cli
         .sink
         .iter()
@@ -104,25 +105,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let info = segmenter.info().clone();
     let mask_size = segmenter.mask_size();
     eprintln!(
-        "{}: {} ({}) at {mask_size}, {} classes; source {} at {size}",
+        "{}: {} ({}) at {mask_size}, {} classes; source {}",
         model.display(),
         info.architecture,
         info.precision,
         info.num_classes(),
         cli.source
     );
-    for seq in 0..cli.frames {
+    let mut seq = 0;
+    while seq < limit {
         let started = Instant::now();
-        drive.render_frame(
-            seq,
-            size.width as usize,
-            size.height as usize,
-            &mut rgb,
-            &mut labels,
-        )?;
+        let Some(frame) = source.next_frame()? else {
+            break;
+        };
         let captured = Instant::now();
-        let frame = Frame::new(PixelFormat::Rgb8, size, 3 * size.width as usize, &rgb)?;
-        segmenter.segment(&frame)?;
+        segmenter.segment(&frame.frame())?;
         let (mask, times) = (segmenter.mask(), segmenter.times());
         let outputs_started = Instant::now();
         let mut counts = vec![0u64; info.num_classes()];
@@ -163,7 +160,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        seq += 1;
     }
+    let stats = source.stats();
+    eprintln!(
+        "{} frames; {} corrupt frames skipped; {} bytes of an incomplete last frame dropped",
+        stats.frames, stats.corrupt, stats.truncated_bytes
+    );
     Ok(())
 }
 
@@ -171,6 +174,13 @@ fn main() -> ExitCode {
     match Cli::try_parse() {
         Ok(cli) => match run(cli) {
             Ok(()) => ExitCode::SUCCESS,
+            // A closed pipe (`edgeseg-run ... | head`) is a normal way to stop.
+            Err(e)
+                if e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+            {
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE

@@ -1,0 +1,505 @@
+//! Where frames come from: raw frames on a pipe (`rpicam-vid -o -`, `ffmpeg -f
+//! rawvideo`), a concatenated MJPEG stream, a folder of pictures, or a synthetic
+//! drive. Each source reuses one frame buffer.
+
+use std::io::{ErrorKind, Read};
+use std::path::{Path, PathBuf};
+
+use crate::Size;
+use crate::frame::{Frame, PixelFormat};
+
+/// Why a source failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// A source description that cannot be parsed.
+    #[error("source {spec:?}: {what}")]
+    Spec {
+        /// The description given.
+        spec: String,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// Reading failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The file or stream.
+        what: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A picture that cannot be decoded (folder sources; streams skip them).
+    #[error("{}: {message}", path.display())]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's explanation.
+        message: String,
+    },
+}
+
+/// A frame owned by its source.
+#[derive(Clone, Debug)]
+pub struct OwnedFrame {
+    /// Layout.
+    pub format: PixelFormat,
+    /// Size.
+    pub size: Size,
+    /// First-plane row stride in bytes.
+    pub stride: usize,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+impl OwnedFrame {
+    /// A borrowed view.
+    pub fn frame(&self) -> Frame<'_> {
+        Frame::new(self.format, self.size, self.stride, &self.data)
+            .expect("sources make consistent frames")
+    }
+}
+
+/// Counters a source keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    /// Frames delivered.
+    pub frames: u64,
+    /// Frames skipped because they could not be decoded.
+    pub corrupt: u64,
+    /// Bytes of an incomplete last frame, dropped at the end of the stream.
+    pub truncated_bytes: u64,
+}
+
+/// A stream of frames.
+pub trait FrameSource: Send {
+    /// The next frame, or `None` at the end of the stream.
+    fn next_frame(&mut self) -> Result<Option<&OwnedFrame>, SourceError>;
+    /// Counters so far.
+    fn stats(&self) -> SourceStats;
+}
+
+/// Raw frames of a fixed format and size back to back on a reader.
+#[derive(Debug)]
+pub struct RawSource<R> {
+    reader: R,
+    frame: OwnedFrame,
+    stats: SourceStats,
+    what: String,
+}
+
+impl<R: Read + Send> RawSource<R> {
+    /// Frames of `format` and `size` with the camera stride
+    /// ([`PixelFormat::camera_stride`]) read from `reader`, named `what` in errors.
+    pub fn new(reader: R, format: PixelFormat, size: Size, what: &str) -> RawSource<R> {
+        let stride = format.camera_stride(size.width);
+        RawSource {
+            reader,
+            frame: OwnedFrame {
+                format,
+                size,
+                stride,
+                data: vec![0; format.frame_len(size.height, stride)],
+            },
+            stats: SourceStats::default(),
+            what: what.into(),
+        }
+    }
+}
+
+impl<R: Read + Send> FrameSource for RawSource<R> {
+    fn next_frame(&mut self) -> Result<Option<&OwnedFrame>, SourceError> {
+        let buf = &mut self.frame.data;
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.reader.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(SourceError::Io {
+                        what: self.what.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        if filled < buf.len() {
+            self.stats.truncated_bytes += filled as u64;
+            return Ok(None);
+        }
+        self.stats.frames += 1;
+        Ok(Some(&self.frame))
+    }
+
+    fn stats(&self) -> SourceStats {
+        self.stats
+    }
+}
+
+/// JPEG pictures back to back on a reader, as `rpicam-vid --codec mjpeg -o -`
+/// writes them. A picture that does not decode is skipped and counted.
+#[derive(Debug)]
+pub struct MjpegSource<R> {
+    reader: R,
+    pending: Vec<u8>,
+    eof: bool,
+    frame: OwnedFrame,
+    stats: SourceStats,
+    what: String,
+}
+
+impl<R: Read + Send> MjpegSource<R> {
+    /// Reads JPEGs from `reader`, named `what` in errors.
+    pub fn new(reader: R, what: &str) -> MjpegSource<R> {
+        MjpegSource {
+            reader,
+            pending: Vec::new(),
+            eof: false,
+            frame: OwnedFrame {
+                format: PixelFormat::Rgb8,
+                size: Size::new(1, 1),
+                stride: 3,
+                data: vec![0; 3],
+            },
+            stats: SourceStats::default(),
+            what: what.into(),
+        }
+    }
+
+    /// The next complete JPEG (SOI to EOI) in the stream, if any.
+    fn next_jpeg(&mut self) -> Result<Option<Vec<u8>>, SourceError> {
+        loop {
+            if let Some(start) = find(&self.pending, &[0xFF, 0xD8]) {
+                if let Some(end) = find(&self.pending[start + 2..], &[0xFF, 0xD9]) {
+                    let end = start + 2 + end + 2;
+                    let jpeg = self.pending[start..end].to_vec();
+                    self.pending.drain(..end);
+                    return Ok(Some(jpeg));
+                }
+            }
+            if self.eof {
+                self.stats.truncated_bytes += self.pending.len() as u64;
+                self.pending.clear();
+                return Ok(None);
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.reader.read(&mut chunk) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(SourceError::Io {
+                        what: self.what.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+impl<R: Read + Send> FrameSource for MjpegSource<R> {
+    fn next_frame(&mut self) -> Result<Option<&OwnedFrame>, SourceError> {
+        while let Some(jpeg) = self.next_jpeg()? {
+            match image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg) {
+                Ok(img) => {
+                    let rgb = img.into_rgb8();
+                    self.frame.size = Size::new(rgb.width(), rgb.height());
+                    self.frame.stride = 3 * rgb.width() as usize;
+                    self.frame.data = rgb.into_raw();
+                    self.stats.frames += 1;
+                    return Ok(Some(&self.frame));
+                }
+                Err(_) => self.stats.corrupt += 1,
+            }
+        }
+        Ok(None)
+    }
+
+    fn stats(&self) -> SourceStats {
+        self.stats
+    }
+}
+
+/// Pictures of a folder in name order.
+#[derive(Debug)]
+pub struct DirSource {
+    files: std::vec::IntoIter<PathBuf>,
+    frame: OwnedFrame,
+    stats: SourceStats,
+}
+
+impl DirSource {
+    /// The PNG and JPEG files of `dir`.
+    pub fn new(dir: &Path) -> Result<DirSource, SourceError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| SourceError::Io {
+            what: dir.display().to_string(),
+            source,
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
+                })
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(SourceError::Spec {
+                spec: dir.display().to_string(),
+                what: "the folder holds no PNG or JPEG pictures".into(),
+            });
+        }
+        Ok(DirSource {
+            files: files.into_iter(),
+            frame: OwnedFrame {
+                format: PixelFormat::Rgb8,
+                size: Size::new(1, 1),
+                stride: 3,
+                data: vec![0; 3],
+            },
+            stats: SourceStats::default(),
+        })
+    }
+}
+
+impl FrameSource for DirSource {
+    fn next_frame(&mut self) -> Result<Option<&OwnedFrame>, SourceError> {
+        let Some(path) = self.files.next() else {
+            return Ok(None);
+        };
+        let img = image::open(&path).map_err(|e| SourceError::Image {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let rgb = img.into_rgb8();
+        self.frame.size = Size::new(rgb.width(), rgb.height());
+        self.frame.stride = 3 * rgb.width() as usize;
+        self.frame.data = rgb.into_raw();
+        self.stats.frames += 1;
+        Ok(Some(&self.frame))
+    }
+
+    fn stats(&self) -> SourceStats {
+        self.stats
+    }
+}
+
+/// A drive through synthetic road scenes.
+#[derive(Debug)]
+pub struct SyntheticSource {
+    drive: crate::synth::Drive,
+    index: u64,
+    frame: OwnedFrame,
+    labels: Vec<u8>,
+    stats: SourceStats,
+}
+
+impl SyntheticSource {
+    /// Frames of `size` from the drive with `seed`.
+    pub fn new(size: Size, seed: u64) -> SyntheticSource {
+        SyntheticSource {
+            drive: crate::synth::Drive::new(seed),
+            index: 0,
+            frame: OwnedFrame {
+                format: PixelFormat::Rgb8,
+                size,
+                stride: 3 * size.width as usize,
+                data: vec![0; 3 * size.area()],
+            },
+            labels: vec![0; size.area()],
+            stats: SourceStats::default(),
+        }
+    }
+
+    /// The ground-truth labels of the last frame.
+    pub fn labels(&self) -> &[u8] {
+        &self.labels
+    }
+}
+
+impl FrameSource for SyntheticSource {
+    fn next_frame(&mut self) -> Result<Option<&OwnedFrame>, SourceError> {
+        let size = self.frame.size;
+        self.drive
+            .render_frame(
+                self.index,
+                size.width as usize,
+                size.height as usize,
+                &mut self.frame.data,
+                &mut self.labels,
+            )
+            .map_err(|e| SourceError::Spec {
+                spec: "synthetic".into(),
+                what: e.to_string(),
+            })?;
+        self.index += 1;
+        self.stats.frames += 1;
+        Ok(Some(&self.frame))
+    }
+
+    fn stats(&self) -> SourceStats {
+        self.stats
+    }
+}
+
+/// Opens a source from its command-line description:
+/// `synthetic[:WxH]`, `stdin:rgb:WxH`, `stdin:yuv420:WxH`, `stdin:nv12:WxH`,
+/// `stdin:yuyv:WxH`, `mjpeg:PATH` or `mjpeg:-`, `dir:PATH`.
+pub fn open(spec: &str, seed: u64) -> Result<Box<dyn FrameSource>, SourceError> {
+    let bad = |what: &str| SourceError::Spec {
+        spec: spec.into(),
+        what: what.into(),
+    };
+    let size = |s: &str| {
+        s.parse::<Size>()
+            .map_err(|e| bad(&format!("{s:?} is not a size: {e}")))
+    };
+    let parts: Vec<&str> = spec.splitn(3, ':').collect();
+    match parts[..] {
+        ["synthetic"] => Ok(Box::new(SyntheticSource::new(Size::new(480, 360), seed))),
+        ["synthetic", s] => Ok(Box::new(SyntheticSource::new(size(s)?, seed))),
+        ["stdin", format, s] => {
+            let format = match format {
+                "rgb" => PixelFormat::Rgb8,
+                "bgr" => PixelFormat::Bgr8,
+                "yuv420" | "i420" => PixelFormat::I420,
+                "nv12" => PixelFormat::Nv12,
+                "yuyv" => PixelFormat::Yuyv,
+                "gray" => PixelFormat::Gray8,
+                _ => return Err(bad("formats: rgb, bgr, yuv420, nv12, yuyv, gray")),
+            };
+            Ok(Box::new(RawSource::new(
+                std::io::stdin(),
+                format,
+                size(s)?,
+                "standard input",
+            )))
+        }
+        ["mjpeg", "-"] => Ok(Box::new(MjpegSource::new(
+            std::io::stdin(),
+            "standard input",
+        ))),
+        ["mjpeg", path] => {
+            let file = std::fs::File::open(path).map_err(|source| SourceError::Io {
+                what: path.into(),
+                source,
+            })?;
+            Ok(Box::new(MjpegSource::new(
+                std::io::BufReader::new(file),
+                path,
+            )))
+        }
+        ["dir", path] => Ok(Box::new(DirSource::new(Path::new(path))?)),
+        _ => Err(bad(
+            "expected synthetic[:WxH], stdin:FORMAT:WxH, mjpeg:PATH|-, or dir:PATH",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scene(w: u32, h: u32, seed: u64) -> image::RgbImage {
+        let (mut rgb, mut labels) = (vec![0; 3 * (w * h) as usize], vec![0; (w * h) as usize]);
+        crate::synth::render_scene(seed, w as usize, h as usize, &mut rgb, &mut labels).unwrap();
+        image::RgbImage::from_raw(w, h, rgb).unwrap()
+    }
+
+    #[test]
+    fn raw_stream_ends_cleanly_on_a_truncated_frame() {
+        let size = Size::new(64, 48);
+        let frame_len = PixelFormat::I420.frame_len(48, 64);
+        let mut bytes: Vec<u8> = (0..3 * frame_len).map(|i| (i % 251) as u8).collect();
+        bytes.truncate(2 * frame_len + 100);
+        let mut source = RawSource::new(&bytes[..], PixelFormat::I420, size, "test");
+        let first = source.next_frame().unwrap().unwrap().data.clone();
+        assert_eq!(first, bytes[..frame_len]);
+        assert!(source.next_frame().unwrap().is_some());
+        assert!(source.next_frame().unwrap().is_none());
+        let stats = source.stats();
+        assert_eq!((stats.frames, stats.truncated_bytes), (2, 100));
+    }
+
+    #[test]
+    fn mjpeg_stream_skips_corrupt_pictures() {
+        let mut stream = Vec::new();
+        for seed in 0..3 {
+            let mut jpeg = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+                .encode_image(&scene(80, 60, seed))
+                .unwrap();
+            if seed == 1 {
+                // Keep the markers, destroy the header: the decoder must reject it.
+                for b in &mut jpeg[2..40] {
+                    *b = 0x11;
+                }
+            }
+            stream.extend_from_slice(&jpeg);
+        }
+        stream.extend_from_slice(&[0xFF, 0xD8, 1, 2, 3]); // a truncated last picture
+        let mut source = MjpegSource::new(&stream[..], "test");
+        let mut sizes = Vec::new();
+        while let Some(f) = source.next_frame().unwrap() {
+            sizes.push(f.size);
+            // JPEG is lossy, but the picture is the scene.
+            let original = scene(80, 60, if sizes.len() == 1 { 0 } else { 2 });
+            let diff: u64 = f
+                .data
+                .iter()
+                .zip(original.as_raw())
+                .map(|(a, b)| (*a as i64 - *b as i64).unsigned_abs())
+                .sum();
+            assert!(
+                diff / (f.data.len() as u64) < 12,
+                "mean error {}",
+                diff / f.data.len() as u64
+            );
+        }
+        assert_eq!(sizes, [Size::new(80, 60); 2]);
+        let stats = source.stats();
+        assert_eq!(
+            (stats.frames, stats.corrupt, stats.truncated_bytes),
+            (2, 1, 5)
+        );
+    }
+
+    #[test]
+    fn folders_are_read_in_name_order_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        scene(40, 30, 1).save(dir.path().join("b.png")).unwrap();
+        scene(20, 10, 2).save(dir.path().join("a.png")).unwrap();
+        std::fs::write(dir.path().join("c.jpg"), b"not a jpeg").unwrap();
+        let mut source = DirSource::new(dir.path()).unwrap();
+        assert_eq!(
+            source.next_frame().unwrap().unwrap().size,
+            Size::new(20, 10)
+        );
+        assert_eq!(
+            source.next_frame().unwrap().unwrap().size,
+            Size::new(40, 30)
+        );
+        let err = source.next_frame().unwrap_err().to_string();
+        assert!(err.contains("c.jpg"), "{err}");
+        let empty = tempfile::tempdir().unwrap();
+        assert!(DirSource::new(empty.path()).is_err());
+    }
+
+    #[test]
+    fn specs_parse_or_say_what_is_wrong() {
+        assert!(open("synthetic:64x48", 0).is_ok());
+        assert!(open("stdin:yuv420:640x480", 0).is_ok());
+        let err = open("stdin:rgba:64x48", 0).err().unwrap().to_string();
+        assert!(err.contains("formats"), "{err}");
+        let err = open("camera", 0).err().unwrap().to_string();
+        assert!(err.contains("expected"), "{err}");
+        let err = open("synthetic:64", 0).err().unwrap().to_string();
+        assert!(err.contains("size"), "{err}");
+    }
+}
