@@ -169,13 +169,13 @@ impl<R: Read + Send> MjpegSource<R> {
     /// The next complete JPEG (SOI to EOI) in the stream, if any.
     fn next_jpeg(&mut self) -> Result<Option<Vec<u8>>, SourceError> {
         loop {
-            if let Some(start) = find(&self.pending, &[0xFF, 0xD8]) {
-                if let Some(end) = find(&self.pending[start + 2..], &[0xFF, 0xD9]) {
-                    let end = start + 2 + end + 2;
-                    let jpeg = self.pending[start..end].to_vec();
-                    self.pending.drain(..end);
-                    return Ok(Some(jpeg));
-                }
+            if let Some(start) = find(&self.pending, &[0xFF, 0xD8])
+                && let Some(end) = find(&self.pending[start + 2..], &[0xFF, 0xD9])
+            {
+                let end = start + 2 + end + 2;
+                let jpeg = self.pending[start..end].to_vec();
+                self.pending.drain(..end);
+                return Ok(Some(jpeg));
             }
             if self.eof {
                 self.stats.truncated_bytes += self.pending.len() as u64;
