@@ -1,0 +1,240 @@
+//! `edgeseg-run` end to end: sources, sinks and counters, with a tiny ONNX model
+//! the test writes itself (a 1x1 convolution whose classes are the dominant
+//! colour channel).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use firmware::Size;
+use firmware::model_info::ModelInfo;
+use prost::Message;
+use tract_onnx::pb;
+
+const W: u32 = 64;
+const H: u32 = 48;
+
+fn write_model(path: &Path) {
+    let float = |name: &str, dims: &[i64], v: &[f32]| pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: pb::tensor_proto::DataType::Float as i32,
+        raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ..Default::default()
+    };
+    let info_of = |name: &str, dims: &[i64]| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| pb::tensor_shape_proto::Dimension {
+                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let identity = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+    let info = ModelInfo {
+        class_names: vec!["red".into(), "green".into(), "blue".into()],
+        palette: vec![[255, 0, 0], [0, 255, 0], [0, 0, 255]],
+        void: None,
+        input_size: Size::new(W, H),
+        mean: [0.0; 3],
+        std: [1.0; 3],
+        architecture: "dominant-channel".into(),
+        val_miou: 1.0,
+        precision: "float32".into(),
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(pb::GraphProto {
+            node: vec![pb::NodeProto {
+                op_type: "Conv".into(),
+                input: vec!["image".into(), "w".into()],
+                output: vec!["logits".into()],
+                ..Default::default()
+            }],
+            initializer: vec![float("w", &[3, 3, 1, 1], &identity)],
+            input: vec![info_of("image", &[1, 3, H as i64, W as i64])],
+            output: vec![info_of("logits", &[1, 3, H as i64, W as i64])],
+            ..Default::default()
+        }),
+        metadata_props: info
+            .to_props()
+            .into_iter()
+            .map(|(key, value)| pb::StringStringEntryProto { key, value })
+            .collect(),
+        ..Default::default()
+    };
+    std::fs::write(path, model.encode_to_vec()).unwrap();
+}
+
+fn run(args: &[&str], stdin: &[u8]) -> (String, String, bool) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgeseg-run"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let bytes = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&bytes);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+/// A picture whose left half is red and right half blue.
+fn halves() -> image::RgbImage {
+    image::RgbImage::from_fn(W, H, |x, _| {
+        if x < W / 2 {
+            image::Rgb([220, 30, 30])
+        } else {
+            image::Rgb([30, 30, 220])
+        }
+    })
+}
+
+fn check_lines(stdout: &str, frames: usize) {
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), frames, "{stdout}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["seq"], i as u64);
+        for stage in [
+            "capture",
+            "preprocess",
+            "inference",
+            "postprocess",
+            "output",
+            "total",
+        ] {
+            assert!(l["latency_ms"][stage].as_f64().unwrap() >= 0.0, "{l}");
+        }
+        let (red, blue) = (
+            l["fractions"]["red"].as_f64().unwrap(),
+            l["fractions"]["blue"].as_f64().unwrap(),
+        );
+        assert!((red - 0.5).abs() < 0.03 && (blue - 0.5).abs() < 0.03, "{l}");
+    }
+}
+
+#[test]
+fn raw_yuv420_from_stdin_with_a_truncated_last_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    write_model(&model);
+    // I420 of the two-halves picture, BT.601 limited range.
+    let (w, h) = (W as usize, H as usize);
+    let img = halves();
+    let yuv = |p: &image::Rgb<u8>| {
+        let [r, g, b] = p.0.map(|v| v as f32);
+        [
+            16.0 + 0.257 * r + 0.504 * g + 0.098 * b,
+            128.0 - 0.148 * r - 0.291 * g + 0.439 * b,
+            128.0 + 0.439 * r - 0.368 * g - 0.071 * b,
+        ]
+        .map(|v| v.round() as u8)
+    };
+    let mut frame = vec![0u8; w * h * 3 / 2];
+    for y in 0..h {
+        for x in 0..w {
+            let [luma, u, v] = yuv(img.get_pixel(x as u32, y as u32));
+            frame[y * w + x] = luma;
+            frame[w * h + (y / 2) * (w / 2) + x / 2] = u;
+            frame[w * h * 5 / 4 + (y / 2) * (w / 2) + x / 2] = v;
+        }
+    }
+    let mut stream = frame.repeat(3);
+    stream.extend_from_slice(&frame[..1000]);
+    let m = model.to_str().unwrap();
+    let source = format!("stdin:yuv420:{W}x{H}");
+    let (stdout, stderr, ok) = run(
+        &["--model", m, "--source", &source, "--sink", "jsonl:-"],
+        &stream,
+    );
+    assert!(ok, "{stderr}");
+    check_lines(&stdout, 3);
+    assert!(
+        stderr.contains("3 frames") && stderr.contains("1000 bytes"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn mjpeg_file_and_picture_folder_to_png_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    write_model(&model);
+    let m = model.to_str().unwrap();
+    let mut stream = Vec::new();
+    for _ in 0..2 {
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut stream, 95)
+            .encode_image(&halves())
+            .unwrap();
+    }
+    stream.extend_from_slice(&[0xFF, 0xD8, 0xFF, 0xD9]); // not a picture: skipped
+    let mjpeg = dir.path().join("cam.mjpeg");
+    std::fs::write(&mjpeg, &stream).unwrap();
+    let source = format!("mjpeg:{}", mjpeg.display());
+    let masks = dir.path().join("masks");
+    let sink = format!("png:{}", masks.display());
+    let (stdout, stderr, ok) = run(
+        &[
+            "--model", m, "--source", &source, "--sink", "jsonl:-", "--sink", &sink,
+        ],
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    check_lines(&stdout, 2);
+    assert!(stderr.contains("1 corrupt"), "{stderr}");
+    let mask = image::open(masks.join("000001.png")).unwrap().into_luma8();
+    assert_eq!((mask.width(), mask.height()), (W, H));
+    assert_eq!(
+        (mask.get_pixel(2, 2).0[0], mask.get_pixel(W - 3, 2).0[0]),
+        (0, 2)
+    );
+
+    let pictures = dir.path().join("pictures");
+    std::fs::create_dir_all(&pictures).unwrap();
+    for i in 0..3 {
+        halves().save(pictures.join(format!("{i}.png"))).unwrap();
+    }
+    let source = format!("dir:{}", pictures.display());
+    let (stdout, stderr, ok) = run(
+        &["--model", m, "--source", &source, "--sink", "jsonl:-"],
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    check_lines(&stdout, 3);
+
+    // Bad input is named.
+    let (_, stderr, ok) = run(&["--model", m, "--source", "dir:/nonexistent-edgeseg"], &[]);
+    assert!(!ok && stderr.contains("nonexistent-edgeseg"), "{stderr}");
+    let (_, stderr, ok) = run(
+        &["--model", "/nonexistent.onnx", "--source", "synthetic"],
+        &[],
+    );
+    assert!(!ok && stderr.contains("nonexistent.onnx"), "{stderr}");
+}
