@@ -31,6 +31,8 @@ pub mod metrics;
 #[cfg(feature = "std")]
 pub mod model_info;
 pub mod outputs;
+#[cfg(feature = "std")]
+pub mod pipeline;
 pub mod post;
 pub mod protocol;
 pub mod rng;

@@ -76,6 +76,11 @@ pub trait FrameSource: Send {
     fn next_frame(&mut self) -> Result<Option<&OwnedFrame>, SourceError>;
     /// Counters so far.
     fn stats(&self) -> SourceStats;
+    /// Whether frames arrive in real time (a camera or a pipe), so that a slow
+    /// consumer should drop frames rather than make the source wait.
+    fn is_live(&self) -> bool {
+        false
+    }
 }
 
 /// Raw frames of a fixed format and size back to back on a reader.
@@ -85,6 +90,7 @@ pub struct RawSource<R> {
     frame: OwnedFrame,
     stats: SourceStats,
     what: String,
+    live: bool,
 }
 
 impl<R: Read + Send> RawSource<R> {
@@ -102,11 +108,22 @@ impl<R: Read + Send> RawSource<R> {
             },
             stats: SourceStats::default(),
             what: what.into(),
+            live: false,
         }
+    }
+
+    /// Marks the stream as live (a camera pipe): see [`FrameSource::is_live`].
+    pub fn live(mut self, live: bool) -> Self {
+        self.live = live;
+        self
     }
 }
 
 impl<R: Read + Send> FrameSource for RawSource<R> {
+    fn is_live(&self) -> bool {
+        self.live
+    }
+
     fn next_frame(&mut self) -> Result<Option<&OwnedFrame>, SourceError> {
         let buf = &mut self.frame.data;
         let mut filled = 0;
@@ -140,6 +157,7 @@ impl<R: Read + Send> FrameSource for RawSource<R> {
 /// writes them. A picture that does not decode is skipped and counted.
 #[derive(Debug)]
 pub struct MjpegSource<R> {
+    live: bool,
     reader: R,
     pending: Vec<u8>,
     eof: bool,
@@ -152,6 +170,7 @@ impl<R: Read + Send> MjpegSource<R> {
     /// Reads JPEGs from `reader`, named `what` in errors.
     pub fn new(reader: R, what: &str) -> MjpegSource<R> {
         MjpegSource {
+            live: false,
             reader,
             pending: Vec::new(),
             eof: false,
@@ -164,6 +183,12 @@ impl<R: Read + Send> MjpegSource<R> {
             stats: SourceStats::default(),
             what: what.into(),
         }
+    }
+
+    /// Marks the stream as live (a camera pipe): see [`FrameSource::is_live`].
+    pub fn live(mut self, live: bool) -> Self {
+        self.live = live;
+        self
     }
 
     /// The next complete JPEG (SOI to EOI) in the stream, if any.
@@ -203,6 +228,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 impl<R: Read + Send> FrameSource for MjpegSource<R> {
+    fn is_live(&self) -> bool {
+        self.live
+    }
+
     fn next_frame(&mut self) -> Result<Option<&OwnedFrame>, SourceError> {
         while let Some(jpeg) = self.next_jpeg()? {
             match image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg) {
@@ -374,12 +403,9 @@ pub fn open(spec: &str, seed: u64) -> Result<Box<dyn FrameSource>, SourceError> 
                 "gray" => PixelFormat::Gray8,
                 _ => return Err(bad("formats: rgb, bgr, yuv420, nv12, yuyv, gray")),
             };
-            Ok(Box::new(RawSource::new(
-                std::io::stdin(),
-                format,
-                size(s)?,
-                "standard input",
-            )))
+            Ok(Box::new(
+                RawSource::new(std::io::stdin(), format, size(s)?, "standard input").live(true),
+            ))
         }
         ["mjpeg", "-"] => Ok(Box::new(MjpegSource::new(
             std::io::stdin(),

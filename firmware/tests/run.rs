@@ -170,14 +170,16 @@ fn raw_yuv420_from_stdin_with_a_truncated_last_frame() {
     stream.extend_from_slice(&frame[..1000]);
     let m = model.to_str().unwrap();
     let source = format!("stdin:yuv420:{W}x{H}");
-    let (stdout, stderr, ok) = run(
-        &["--model", m, "--source", &source, "--sink", "jsonl:-"],
-        &stream,
-    );
+    // stdin is a live source: queues deep enough for the whole stream keep every frame.
+    let args = [
+        "--model", m, "--source", &source, "--sink", "jsonl:-", "--queue", "8",
+    ];
+    let (stdout, stderr, ok) = run(&args, &stream);
     assert!(ok, "{stderr}");
     check_lines(&stdout, 3);
     assert!(
-        stderr.contains("3 frames") && stderr.contains("1000 bytes"),
+        stderr.contains("3 frames captured, 3 processed, 0 dropped")
+            && stderr.contains("1000 bytes"),
         "{stderr}"
     );
 }

@@ -3,13 +3,15 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 use firmware::Size;
+use firmware::pipeline::{self, Segmented};
 use firmware::segmenter::Segmenter;
 use firmware::source::{FrameSource, SyntheticSource};
+
 use firmware::stats::Histogram;
 
 /// Stream camera frames through a segmentation model and deliver the masks.
@@ -38,6 +40,13 @@ struct Cli {
     /// synthetic source never does).
     #[arg(long)]
     frames: Option<u64>,
+    /// Frames each queue between capture, inference and output holds; with a
+    /// live source (stdin) the oldest frame is dropped when a stage falls behind.
+    #[arg(long, default_value_t = 2)]
+    queue: usize,
+    /// Seconds between progress lines (FPS, per-stage latency) on stderr; 0 for none.
+    #[arg(long, default_value_t = 5.0)]
+    report_every: f64,
     /// Seed of the synthetic drive.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -95,8 +104,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    let mut segmenter = Segmenter::load(model)?;
-    let mut source = firmware::source::open(&cli.source, cli.seed)?;
+    let segmenter = Segmenter::load(model)?;
+    let source = firmware::source::open(&cli.source, cli.seed)?;
     let mut sinks = cli
         .sink
         .iter()
@@ -112,62 +121,127 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         info.num_classes(),
         cli.source
     );
-    let mut seq = 0;
-    while seq < limit {
-        let started = Instant::now();
-        let Some(frame) = source.next_frame()? else {
-            break;
-        };
-        let captured = Instant::now();
-        segmenter.segment(&frame.frame())?;
-        let (mask, times) = (segmenter.mask(), segmenter.times());
+    let started = Instant::now();
+    let mut window = Stats::default();
+    let mut all = Stats::default();
+    let mut last_report = Instant::now();
+    let output = |item: &Segmented| -> Result<(), String> {
         let outputs_started = Instant::now();
+        let mask = &item.mask;
         let mut counts = vec![0u64; info.num_classes()];
         for &m in mask {
             counts[m as usize] += 1;
         }
         for sink in &mut sinks {
-            match sink {
-                Sink::Png(dir) => {
-                    let path = dir.join(format!("{seq:06}.png"));
-                    image::GrayImage::from_raw(mask_size.width, mask_size.height, mask.to_vec())
-                        .expect("mask fits its size")
-                        .save(&path)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                }
-                Sink::Jsonl(out) => {
-                    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-                    let fractions: serde_json::Map<String, serde_json::Value> = info
-                        .class_names
-                        .iter()
-                        .zip(&counts)
-                        .map(|(n, &c)| (n.clone(), (c as f64 / mask.len() as f64).into()))
-                        .collect();
-                    let line = serde_json::json!({
-                        "seq": seq,
-                        "latency_ms": {
-                            "capture": ms(captured - started),
-                            "preprocess": ms(times.preprocess),
-                            "inference": ms(times.inference),
-                            "postprocess": ms(times.postprocess),
-                            "output": ms(outputs_started.elapsed()),
-                            "total": ms(started.elapsed()),
-                        },
-                        "fractions": fractions,
-                    });
-                    writeln!(out, "{line}")?;
-                    out.flush()?;
-                }
-            }
+            sink.write(item, &counts, &info.class_names, mask_size, outputs_started)
+                .map_err(|e| format!("{e:#}"))?;
         }
-        seq += 1;
-    }
-    let stats = source.stats();
+        let t = item.times;
+        let stages = [
+            item.capture,
+            t.preprocess,
+            t.inference,
+            t.postprocess,
+            outputs_started.elapsed(),
+            item.started.elapsed(),
+        ];
+        window.add(&stages);
+        all.add(&stages);
+        if cli.report_every > 0.0 && last_report.elapsed().as_secs_f64() >= cli.report_every {
+            eprintln!("{}", window.line(last_report.elapsed()));
+            window = Stats::default();
+            last_report = Instant::now();
+        }
+        Ok(())
+    };
+    let totals = pipeline::run(source, segmenter, limit, cli.queue, output)?;
+    eprintln!("{}", all.line(started.elapsed()));
     eprintln!(
-        "{} frames; {} corrupt frames skipped; {} bytes of an incomplete last frame dropped",
-        stats.frames, stats.corrupt, stats.truncated_bytes
+        "{} frames captured, {} processed, {} dropped; {} corrupt frames skipped; {} bytes of an incomplete last frame dropped",
+        totals.captured,
+        totals.processed,
+        totals.dropped,
+        totals.source.corrupt,
+        totals.source.truncated_bytes
     );
     Ok(())
+}
+
+/// Sums of per-stage times over frames.
+#[derive(Default)]
+struct Stats {
+    frames: u32,
+    sums: [Duration; 6],
+}
+
+impl Stats {
+    fn add(&mut self, stages: &[Duration; 6]) {
+        self.frames += 1;
+        for (s, d) in self.sums.iter_mut().zip(stages) {
+            *s += *d;
+        }
+    }
+
+    fn line(&self, over: Duration) -> String {
+        let n = self.frames.max(1);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3 / n as f64;
+        format!(
+            "{:.1} FPS; mean ms: capture {:.1}, preprocess {:.1}, inference {:.1}, postprocess {:.1}, output {:.1}, total {:.1}",
+            self.frames as f64 / over.as_secs_f64().max(1e-9),
+            ms(self.sums[0]),
+            ms(self.sums[1]),
+            ms(self.sums[2]),
+            ms(self.sums[3]),
+            ms(self.sums[4]),
+            ms(self.sums[5]),
+        )
+    }
+}
+
+impl Sink {
+    fn write(
+        &mut self,
+        item: &Segmented,
+        counts: &[u64],
+        names: &[String],
+        mask_size: Size,
+        outputs_started: Instant,
+    ) -> anyhow::Result<()> {
+        let mask = &item.mask;
+        match self {
+            Sink::Png(dir) => {
+                let path = dir.join(format!("{:06}.png", item.seq));
+                image::GrayImage::from_raw(mask_size.width, mask_size.height, mask.clone())
+                    .expect("mask fits its size")
+                    .save(&path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Sink::Jsonl(out) => {
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                let fractions: serde_json::Map<String, serde_json::Value> = names
+                    .iter()
+                    .zip(counts)
+                    .map(|(n, &c)| (n.clone(), (c as f64 / mask.len() as f64).into()))
+                    .collect();
+                let t = item.times;
+                let line = serde_json::json!({
+                    "seq": item.seq,
+                    "latency_ms": {
+                        "capture": ms(item.capture),
+                        "preprocess": ms(t.preprocess),
+                        "inference": ms(t.inference),
+                        "postprocess": ms(t.postprocess),
+                        "output": ms(outputs_started.elapsed()),
+                        "total": ms(item.started.elapsed()),
+                    },
+                    "fractions": fractions,
+                });
+                writeln!(out, "{line}")?;
+                out.flush()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn main() -> ExitCode {

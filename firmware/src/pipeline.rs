@@ -1,0 +1,298 @@
+//! Capture, inference and output on separate threads, joined by bounded
+//! queues that drop the oldest frame when the next stage falls behind, so
+//! latency stays bounded whatever the camera's rate.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::engine::EngineError;
+use crate::segmenter::{Segmenter, StageTimes};
+use crate::source::{FrameSource, OwnedFrame, SourceError, SourceStats};
+
+/// A queue of at most `capacity` items; pushing into a full queue drops the
+/// oldest item and returns it.
+#[derive(Debug)]
+pub struct DropOldest<T> {
+    state: Mutex<(VecDeque<T>, bool)>,
+    ready: Condvar,
+    room: Condvar,
+    capacity: usize,
+}
+
+impl<T> DropOldest<T> {
+    /// An open queue holding at most `capacity` (at least 1) items.
+    pub fn new(capacity: usize) -> DropOldest<T> {
+        DropOldest {
+            state: Mutex::new((VecDeque::new(), false)),
+            ready: Condvar::new(),
+            room: Condvar::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Adds `item`; returns the item dropped to make room, if any.
+    pub fn push(&self, item: T) -> Option<T> {
+        let mut state = self.state.lock().expect("queue lock");
+        let dropped = (state.0.len() >= self.capacity)
+            .then(|| state.0.pop_front())
+            .flatten();
+        state.0.push_back(item);
+        self.ready.notify_one();
+        dropped
+    }
+
+    /// Adds `item`, waiting while the queue is full (for sources that are not
+    /// live, such as files, where every frame should be processed). Returns
+    /// `false` if the queue was closed meanwhile.
+    pub fn push_blocking(&self, item: T) -> bool {
+        let mut state = self.state.lock().expect("queue lock");
+        while state.0.len() >= self.capacity && !state.1 {
+            state = self.room.wait(state).expect("queue lock");
+        }
+        if state.1 {
+            return false;
+        }
+        state.0.push_back(item);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The oldest item, waiting for one; `None` once the queue is closed and empty.
+    pub fn pop(&self) -> Option<T> {
+        let mut state = self.state.lock().expect("queue lock");
+        loop {
+            if let Some(item) = state.0.pop_front() {
+                self.room.notify_one();
+                return Some(item);
+            }
+            if state.1 {
+                return None;
+            }
+            state = self.ready.wait(state).expect("queue lock");
+        }
+    }
+
+    /// No more items will come; `pop` returns what is left, then `None`.
+    pub fn close(&self) {
+        self.state.lock().expect("queue lock").1 = true;
+        self.ready.notify_all();
+        self.room.notify_all();
+    }
+}
+
+/// Frame counters, shared by the stages.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Frames read from the source.
+    pub captured: AtomicU64,
+    /// Frames segmented.
+    pub processed: AtomicU64,
+    /// Frames dropped because inference or output fell behind.
+    pub dropped: AtomicU64,
+}
+
+/// One segmented frame, as the output stage receives it.
+#[derive(Clone, Debug)]
+pub struct Segmented {
+    /// Frame number in capture order (gaps where frames were dropped).
+    pub seq: u64,
+    /// The frame as captured.
+    pub frame: OwnedFrame,
+    /// Class mask at the model's input size.
+    pub mask: Vec<u8>,
+    /// When capture of the frame started.
+    pub started: Instant,
+    /// How long reading the frame took.
+    pub capture: Duration,
+    /// Preprocess, inference and postprocess times.
+    pub times: StageTimes,
+}
+
+/// What ended a pipeline run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The model failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The output stage failed.
+    #[error("output: {0}")]
+    Output(String),
+}
+
+/// Totals of a finished run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunTotals {
+    /// Frames read from the source.
+    pub captured: u64,
+    /// Frames segmented.
+    pub processed: u64,
+    /// Frames dropped.
+    pub dropped: u64,
+    /// The source's own counters (corrupt, truncated).
+    pub source: SourceStats,
+}
+
+/// Runs `source` through `segmenter` into `output` until the source ends or
+/// `limit` frames were captured. Capture and inference run on their own
+/// threads; `output` runs on the calling thread. Queues hold `depth` frames;
+/// for a live source (a camera) a stage that falls behind loses the oldest
+/// frame, for a recorded one (files) the earlier stage waits instead.
+pub fn run(
+    mut source: Box<dyn FrameSource>,
+    mut segmenter: Segmenter,
+    limit: u64,
+    depth: usize,
+    mut output: impl FnMut(&Segmented) -> Result<(), String>,
+) -> Result<RunTotals, PipelineError> {
+    let counters = Arc::new(Counters::default());
+    let live = source.is_live();
+    let frames: Arc<DropOldest<(u64, OwnedFrame, Instant, Duration)>> =
+        Arc::new(DropOldest::new(depth));
+    let results: Arc<DropOldest<Segmented>> = Arc::new(DropOldest::new(depth));
+    let capture = {
+        let (frames, counters) = (frames.clone(), counters.clone());
+        std::thread::spawn(move || -> Result<SourceStats, SourceError> {
+            let mut seq = 0;
+            let result = loop {
+                if seq >= limit {
+                    break Ok(());
+                }
+                let started = Instant::now();
+                match source.next_frame() {
+                    Ok(Some(frame)) => {
+                        let item = (seq, frame.clone(), started, started.elapsed());
+                        counters.captured.fetch_add(1, Ordering::Relaxed);
+                        if live {
+                            if frames.push(item).is_some() {
+                                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                        } else if !frames.push_blocking(item) {
+                            break Ok(());
+                        }
+                        seq += 1;
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            frames.close();
+            result.map(|()| source.stats())
+        })
+    };
+    let inference = {
+        let (frames, results, counters) = (frames.clone(), results.clone(), counters.clone());
+        std::thread::spawn(move || -> Result<(), EngineError> {
+            let result = (|| {
+                while let Some((seq, frame, started, capture)) = frames.pop() {
+                    segmenter.segment(&frame.frame())?;
+                    counters.processed.fetch_add(1, Ordering::Relaxed);
+                    let item = Segmented {
+                        seq,
+                        mask: segmenter.mask().to_vec(),
+                        times: segmenter.times(),
+                        frame,
+                        started,
+                        capture,
+                    };
+                    if live {
+                        if results.push(item).is_some() {
+                            counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else if !results.push_blocking(item) {
+                        break;
+                    }
+                }
+                Ok(())
+            })();
+            results.close();
+            // Unblock the capture thread's pushes if inference stopped early.
+            frames.close();
+            result
+        })
+    };
+    let mut output_error = None;
+    while let Some(item) = results.pop() {
+        if let Err(e) = output(&item) {
+            output_error = Some(e);
+            break;
+        }
+    }
+    if output_error.is_some() {
+        // Stop the producers: closing lets them finish their current frame.
+        frames.close();
+        results.close();
+    }
+    let inference_result = inference.join().expect("inference thread");
+    let capture_result = capture.join().expect("capture thread");
+    if let Some(e) = output_error {
+        return Err(PipelineError::Output(e));
+    }
+    inference_result?;
+    let source = capture_result?;
+    Ok(RunTotals {
+        captured: counters.captured.load(Ordering::Relaxed),
+        processed: counters.processed.load(Ordering::Relaxed),
+        dropped: counters.dropped.load(Ordering::Relaxed),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_queues_drop_the_oldest() {
+        let q = DropOldest::new(2);
+        assert_eq!(q.push(1), None);
+        assert_eq!(q.push(2), None);
+        assert_eq!(q.push(3), Some(1));
+        q.close();
+        assert_eq!((q.pop(), q.pop(), q.pop()), (Some(2), Some(3), None));
+    }
+
+    #[test]
+    fn blocking_pushes_wait_for_room() {
+        let q = Arc::new(DropOldest::new(1));
+        let producer = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    assert!(q.push_blocking(i));
+                }
+                q.close();
+            })
+        };
+        let seen: Vec<i32> = std::iter::from_fn(|| q.pop()).collect();
+        producer.join().unwrap();
+        assert_eq!(seen, (0..50).collect::<Vec<_>>(), "nothing dropped");
+    }
+
+    #[test]
+    fn a_consumer_waits_for_a_producer() {
+        let q = Arc::new(DropOldest::new(4));
+        let producer = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    q.push(i);
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                q.close();
+            })
+        };
+        let mut seen = Vec::new();
+        while let Some(i) = q.pop() {
+            seen.push(i);
+        }
+        producer.join().unwrap();
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order");
+        assert_eq!(seen.last(), Some(&99), "the newest always arrives");
+    }
+}
