@@ -26,6 +26,8 @@ pub mod error;
 pub mod frame;
 #[cfg(feature = "std")]
 pub mod fsio;
+#[cfg(feature = "std")]
+pub mod live;
 #[cfg(feature = "alloc")]
 pub mod metrics;
 #[cfg(feature = "std")]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use firmware::Size;
+use firmware::live::{LiveStats, LiveView};
 use firmware::pipeline::{self, Segmented};
 use firmware::segmenter::Segmenter;
 use firmware::source::{FrameSource, SyntheticSource};
@@ -33,7 +34,9 @@ struct Cli {
     source: String,
     /// Where masks go (repeatable): `jsonl:PATH` or `jsonl:-` (one JSON object
     /// per frame: seq, latency_ms per stage, class fractions), `png:DIR` (one
-    /// class-id PNG per frame).
+    /// class-id PNG per frame), `http:ADDR` (live view: a page with the
+    /// overlaid stream, FPS, latency and class fractions, and `/metrics`; use
+    /// 127.0.0.1:8080, or 0.0.0.0:8080 to reach it from another machine).
     #[arg(long)]
     sink: Vec<String>,
     /// Stop after this many frames (default: when the source ends; the
@@ -66,6 +69,7 @@ fn parse_source(s: &str) -> anyhow::Result<Size> {
 enum Sink {
     Jsonl(Box<dyn Write>),
     Png(PathBuf),
+    Http(LiveView),
 }
 
 impl Sink {
@@ -82,7 +86,12 @@ impl Sink {
                     .with_context(|| format!("--sink {s}: cannot create {dir}"))?;
                 Ok(Sink::Png(PathBuf::from(dir)))
             }
-            _ => anyhow::bail!("--sink {s}: expected jsonl:PATH, jsonl:- or png:DIR"),
+            Some(("http", addr)) => {
+                let view = LiveView::start(addr)?;
+                eprintln!("live view on http://{}/", view.addr());
+                Ok(Sink::Http(view))
+            }
+            _ => anyhow::bail!("--sink {s}: expected jsonl:PATH, jsonl:-, png:DIR or http:ADDR"),
         }
     }
 }
@@ -125,6 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut window = Stats::default();
     let mut all = Stats::default();
     let mut last_report = Instant::now();
+    let mut recent = Stats::default();
     let output = |item: &Segmented| -> Result<(), String> {
         let outputs_started = Instant::now();
         let mask = &item.mask;
@@ -132,9 +142,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         for &m in mask {
             counts[m as usize] += 1;
         }
+        let context = SinkContext {
+            counts: &counts,
+            info: &info,
+            mask_size,
+            outputs_started,
+            recent: &recent,
+        };
         for sink in &mut sinks {
-            sink.write(item, &counts, &info.class_names, mask_size, outputs_started)
-                .map_err(|e| format!("{e:#}"))?;
+            sink.write(item, &context).map_err(|e| format!("{e:#}"))?;
         }
         let t = item.times;
         let stages = [
@@ -147,6 +163,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ];
         window.add(&stages);
         all.add(&stages);
+        recent.add(&stages);
+        if recent.frames >= 30 {
+            recent = Stats::default();
+        }
         if cli.report_every > 0.0 && last_report.elapsed().as_secs_f64() >= cli.report_every {
             eprintln!("{}", window.line(last_report.elapsed()));
             window = Stats::default();
@@ -172,10 +192,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 struct Stats {
     frames: u32,
     sums: [Duration; 6],
+    first: Option<Instant>,
 }
 
 impl Stats {
+    /// Time since the first frame of this window.
+    fn span(&self) -> Duration {
+        self.first.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
     fn add(&mut self, stages: &[Duration; 6]) {
+        self.first.get_or_insert_with(Instant::now);
         self.frames += 1;
         for (s, d) in self.sums.iter_mut().zip(stages) {
             *s += *d;
@@ -198,30 +225,35 @@ impl Stats {
     }
 }
 
+/// What every sink may need about the current frame.
+struct SinkContext<'a> {
+    counts: &'a [u64],
+    info: &'a firmware::model_info::ModelInfo,
+    mask_size: Size,
+    outputs_started: Instant,
+    recent: &'a Stats,
+}
+
 impl Sink {
-    fn write(
-        &mut self,
-        item: &Segmented,
-        counts: &[u64],
-        names: &[String],
-        mask_size: Size,
-        outputs_started: Instant,
-    ) -> anyhow::Result<()> {
+    fn write(&mut self, item: &Segmented, cx: &SinkContext<'_>) -> anyhow::Result<()> {
         let mask = &item.mask;
+        let fraction = |c: u64| c as f64 / mask.len() as f64;
         match self {
             Sink::Png(dir) => {
                 let path = dir.join(format!("{:06}.png", item.seq));
-                image::GrayImage::from_raw(mask_size.width, mask_size.height, mask.clone())
+                image::GrayImage::from_raw(cx.mask_size.width, cx.mask_size.height, mask.clone())
                     .expect("mask fits its size")
                     .save(&path)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             Sink::Jsonl(out) => {
                 let ms = |d: Duration| d.as_secs_f64() * 1e3;
-                let fractions: serde_json::Map<String, serde_json::Value> = names
+                let fractions: serde_json::Map<String, serde_json::Value> = cx
+                    .info
+                    .class_names
                     .iter()
-                    .zip(counts)
-                    .map(|(n, &c)| (n.clone(), (c as f64 / mask.len() as f64).into()))
+                    .zip(cx.counts)
+                    .map(|(n, &c)| (n.clone(), fraction(c).into()))
                     .collect();
                 let t = item.times;
                 let line = serde_json::json!({
@@ -231,13 +263,63 @@ impl Sink {
                         "preprocess": ms(t.preprocess),
                         "inference": ms(t.inference),
                         "postprocess": ms(t.postprocess),
-                        "output": ms(outputs_started.elapsed()),
+                        "output": ms(cx.outputs_started.elapsed()),
                         "total": ms(item.started.elapsed()),
                     },
                     "fractions": fractions,
                 });
                 writeln!(out, "{line}")?;
                 out.flush()?;
+            }
+            Sink::Http(view) => {
+                // The frame at the mask's size with the class colours over it.
+                let (w, h) = (cx.mask_size.width as usize, cx.mask_size.height as usize);
+                let frame = item.frame.frame();
+                let (fw, fh) = (frame.size().width as usize, frame.size().height as usize);
+                let mut rgb = Vec::with_capacity(3 * w * h);
+                for y in 0..h {
+                    for x in 0..w {
+                        rgb.extend_from_slice(&frame.rgb(x * fw / w, y * fh / h));
+                    }
+                }
+                firmware::post::overlay(&mut rgb, mask, &cx.info.palette, 120, cx.info.void)?;
+                let mut jpeg = Vec::new();
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80).encode(
+                    &rgb,
+                    w as u32,
+                    h as u32,
+                    image::ExtendedColorType::Rgb8,
+                )?;
+                let n = cx.recent.frames.max(1) as f64;
+                let stages = [
+                    "capture",
+                    "preprocess",
+                    "inference",
+                    "postprocess",
+                    "output",
+                    "total",
+                ];
+                view.publish(
+                    jpeg,
+                    LiveStats {
+                        frames: item.seq + 1,
+                        dropped: 0,
+                        fps: cx.recent.frames as f64 / cx.recent.span().as_secs_f64().max(1e-9),
+                        latency_ms: stages
+                            .iter()
+                            .zip(cx.recent.sums)
+                            .map(|(s, d)| (s.to_string(), d.as_secs_f64() * 1e3 / n))
+                            .collect(),
+                        fractions: cx
+                            .info
+                            .class_names
+                            .iter()
+                            .zip(cx.counts)
+                            .map(|(n, &c)| (n.clone(), fraction(c)))
+                            .collect(),
+                        model: format!("{} {}", cx.info.architecture, cx.info.precision),
+                    },
+                );
             }
         }
         Ok(())
