@@ -45,6 +45,8 @@ pub mod size;
 pub mod source;
 pub mod stats;
 pub mod synth;
+#[cfg(feature = "std")]
+pub mod transport;
 
 pub use classes::{CLASS_NAMES, Class, NUM_CLASSES, PALETTE, VOID};
 pub use error::Error;

@@ -240,3 +240,75 @@ fn mjpeg_file_and_picture_folder_to_png_masks() {
     );
     assert!(!ok && stderr.contains("nonexistent.onnx"), "{stderr}");
 }
+
+/// The wire protocol over TCP rebuilds exactly the masks the png sink writes.
+#[test]
+fn tcp_protocol_sink_matches_png_masks() {
+    use firmware::protocol::{Decoder, MaskAssembler};
+    use std::io::Read;
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    write_model(&model);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let consumer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut bytes = Vec::new();
+        s.read_to_end(&mut bytes).unwrap();
+        bytes
+    });
+    let pictures = dir.path().join("pictures");
+    std::fs::create_dir_all(&pictures).unwrap();
+    for i in 0..3u32 {
+        // Different pictures: the red part grows.
+        image::RgbImage::from_fn(W, H, |x, _| {
+            if x < 10 + 15 * i {
+                image::Rgb([220, 30, 30])
+            } else {
+                image::Rgb([30, 220, 30])
+            }
+        })
+        .save(pictures.join(format!("{i}.png")))
+        .unwrap();
+    }
+    let masks = dir.path().join("masks");
+    let (_, stderr, ok) = run(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--source",
+            &format!("dir:{}", pictures.display()),
+            "--sink",
+            &format!("tcp:{addr}"),
+            "--sink",
+            &format!("png:{}", masks.display()),
+        ],
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("3 frames sent, 0 dropped"), "{stderr}");
+    let bytes = consumer.join().unwrap();
+    let mut decoder = Decoder::new();
+    let seqs: Vec<_> = bytes
+        .into_iter()
+        .filter_map(|b| decoder.push(b))
+        .map(|m| m.unwrap())
+        .collect();
+    // Reassemble frame by frame and compare with the PNGs.
+    let mut out = vec![0u8; (W * H) as usize];
+    let mut assembler = MaskAssembler::new(&mut out);
+    let mut frames = 0;
+    for message in &seqs {
+        if let Some(h) = assembler.push(message).unwrap() {
+            let png = image::open(masks.join(format!("{:06}.png", h.seq)))
+                .unwrap()
+                .into_luma8();
+            drop(assembler);
+            assert_eq!(out, png.into_raw(), "frame {}", h.seq);
+            frames += 1;
+            assembler = MaskAssembler::new(&mut out);
+        }
+    }
+    assert_eq!(frames, 3);
+}

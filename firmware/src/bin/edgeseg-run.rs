@@ -10,8 +10,10 @@ use clap::Parser;
 use firmware::Size;
 use firmware::live::{LiveStats, LiveView};
 use firmware::pipeline::{self, Segmented};
+use firmware::protocol::FrameHeader;
 use firmware::segmenter::Segmenter;
 use firmware::source::{FrameSource, SyntheticSource};
+use firmware::transport::{Sender, Target, encode_frame};
 
 use firmware::stats::Histogram;
 
@@ -36,7 +38,10 @@ struct Cli {
     /// per frame: seq, latency_ms per stage, class fractions), `png:DIR` (one
     /// class-id PNG per frame), `http:ADDR` (live view: a page with the
     /// overlaid stream, FPS, latency and class fractions, and `/metrics`; use
-    /// 127.0.0.1:8080, or 0.0.0.0:8080 to reach it from another machine).
+    /// 127.0.0.1:8080, or 0.0.0.0:8080 to reach it from another machine),
+    /// `tcp:ADDR`, `udp:ADDR`, `serial:PATH` (the postcard wire protocol: frame
+    /// header, class summary and run-length mask, CRC-checked and COBS-framed;
+    /// a slow or absent consumer loses frames, never stalls the pipeline).
     #[arg(long)]
     sink: Vec<String>,
     /// Stop after this many frames (default: when the source ends; the
@@ -70,6 +75,7 @@ enum Sink {
     Jsonl(Box<dyn Write>),
     Png(PathBuf),
     Http(LiveView),
+    Protocol(Sender),
 }
 
 impl Sink {
@@ -91,7 +97,19 @@ impl Sink {
                 eprintln!("live view on http://{}/", view.addr());
                 Ok(Sink::Http(view))
             }
-            _ => anyhow::bail!("--sink {s}: expected jsonl:PATH, jsonl:-, png:DIR or http:ADDR"),
+            Some(("tcp", addr)) => Ok(Sink::Protocol(Sender::start(Target::Tcp(addr.into())))),
+            Some(("udp", addr)) => Ok(Sink::Protocol(Sender::start(Target::Udp(addr.into())))),
+            Some(("serial", path)) => {
+                // Open once now so a wrong path is reported before the first frame.
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("--sink {s}: cannot open {path}"))?;
+                Ok(Sink::Protocol(Sender::start(Target::Serial(path.into()))))
+            }
+            _ => anyhow::bail!(
+                "--sink {s}: expected jsonl:PATH, jsonl:-, png:DIR, http:ADDR, tcp:ADDR, udp:ADDR or serial:PATH"
+            ),
         }
     }
 }
@@ -148,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             mask_size,
             outputs_started,
             recent: &recent,
+            run_started: started,
         };
         for sink in &mut sinks {
             sink.write(item, &context).map_err(|e| format!("{e:#}"))?;
@@ -175,6 +194,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Ok(())
     };
     let totals = pipeline::run(source, segmenter, limit, cli.queue, output)?;
+    for sink in sinks {
+        if let Sink::Protocol(sender) = sink {
+            let (sent, dropped) = sender.finish();
+            eprintln!("protocol sink: {sent} frames sent, {dropped} dropped");
+        }
+    }
     eprintln!("{}", all.line(started.elapsed()));
     eprintln!(
         "{} frames captured, {} processed, {} dropped; {} corrupt frames skipped; {} bytes of an incomplete last frame dropped",
@@ -232,6 +257,7 @@ struct SinkContext<'a> {
     mask_size: Size,
     outputs_started: Instant,
     recent: &'a Stats,
+    run_started: Instant,
 }
 
 impl Sink {
@@ -270,6 +296,17 @@ impl Sink {
                 });
                 writeln!(out, "{line}")?;
                 out.flush()?;
+            }
+            Sink::Protocol(sender) => {
+                let header = FrameHeader {
+                    seq: item.seq as u32,
+                    timestamp_us: item.started.duration_since(cx.run_started).as_micros() as u64,
+                    width: cx.mask_size.width as u16,
+                    height: cx.mask_size.height as u16,
+                    classes: cx.info.num_classes() as u8,
+                    latency_us: item.started.elapsed().as_micros() as u32,
+                };
+                sender.send(encode_frame(header, mask).map_err(|e| anyhow::anyhow!("{e}"))?);
             }
             Sink::Http(view) => {
                 // The frame at the mask's size with the class colours over it.
