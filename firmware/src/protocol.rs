@@ -242,6 +242,11 @@ impl<'m> MaskAssembler<'m> {
         }
     }
 
+    /// The mask as assembled so far.
+    pub fn mask(&self) -> &[u8] {
+        self.mask
+    }
+
     /// Takes the next message; returns the frame's header once its mask is complete.
     pub fn push(&mut self, message: &Message) -> Result<Option<FrameHeader>, AssemblyError> {
         match message {
