@@ -55,6 +55,10 @@ struct Cli {
     /// Seconds between progress lines (FPS, per-stage latency) on stderr; 0 for none.
     #[arg(long, default_value_t = 5.0)]
     report_every: f64,
+    /// Print the model's metadata (classes, input size, normalisation,
+    /// architecture, precision) as JSON and exit.
+    #[arg(long, requires = "model")]
+    info: bool,
     /// Seed of the synthetic drive.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -132,6 +136,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     };
     let segmenter = Segmenter::load(model)?;
+    if cli.info {
+        let info = segmenter.info();
+        let json = serde_json::json!({
+            "class_names": info.class_names,
+            "palette": info.palette,
+            "void": info.void,
+            "input_size": info.input_size.to_string(),
+            "mean": info.mean,
+            "std": info.std,
+            "architecture": info.architecture,
+            "val_miou": info.val_miou,
+            "precision": info.precision,
+        });
+        println!("{json}");
+        return Ok(());
+    }
     let source = firmware::source::open(&cli.source, cli.seed)?;
     let mut sinks = cli
         .sink

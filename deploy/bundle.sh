@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Builds a deploy bundle for a board: edgeseg-run for the target, the model, a
+# systemd unit and an install script, in one tar.gz.
+#   deploy/bundle.sh TARGET MODEL.onnx OUT.tar.gz [SOURCE] [SINK...]
+# TARGET: aarch64-unknown-linux-gnu (Raspberry Pi 4/5 with 64-bit OS, Jetson)
+#         or armv7-unknown-linux-gnueabihf (32-bit Raspberry Pi OS).
+# SOURCE and SINKs become the service's command line; by default the Pi camera
+# through rpicam-vid and the live view on port 8080.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=${1:?target triple}
+model=${2:?model file}
+out=${3:?output .tar.gz}
+shift 3
+source_spec=${1:-}
+[ $# -gt 0 ] && shift
+sinks=("$@")
+[ ${#sinks[@]} -gt 0 ] || sinks=(http:0.0.0.0:8080)
+[ -f "$model" ] || { echo "model $model: no such file" >&2; exit 1; }
+
+cargo build -q --release -p firmware --bin edgeseg-run --target "$target"
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+root=$stage/edgeseg
+mkdir -p "$root"
+cp "target/$target/release/edgeseg-run" "$root/"
+cp "$model" "$root/model.onnx"
+size=$(cargo run -q -p firmware --bin edgeseg-run -- --model "$model" --info |
+    sed -E 's/.*"input_size":"([0-9]+x[0-9]+)".*/\1/')
+sink_args=""
+for s in "${sinks[@]}"; do sink_args+=" --sink $s"; done
+if [ -z "$source_spec" ]; then
+    # Raw YUV 4:2:0 from the Pi camera at four times the model's input size.
+    w=${size%x*} h=${size#*x}
+    w=$((w * 4 > 1920 ? 1920 : w * 4)) h=$((h * 4 > 1080 ? 1080 : h * 4))
+    exec_line="/bin/sh -c 'rpicam-vid -t 0 -n --codec yuv420 --width $w --height $h -o - | /opt/edgeseg/edgeseg-run --model /opt/edgeseg/model.onnx --source stdin:yuv420:${w}x${h}${sink_args}'"
+else
+    exec_line="/opt/edgeseg/edgeseg-run --model /opt/edgeseg/model.onnx --source $source_spec${sink_args}"
+fi
+cat >"$root/edgeseg.service" <<UNIT
+[Unit]
+Description=edgeseg live road-scene segmentation
+After=network-online.target
+
+[Service]
+ExecStart=$exec_line
+Restart=always
+RestartSec=2
+User=edgeseg
+SupplementaryGroups=video
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+cat >"$root/install.sh" <<'INSTALL'
+#!/bin/sh
+# Installs edgeseg into /opt/edgeseg and starts it as a systemd service.
+set -eu
+cd "$(dirname "$0")"
+id edgeseg >/dev/null 2>&1 || useradd --system --no-create-home --groups video edgeseg
+install -d /opt/edgeseg
+install -m 755 edgeseg-run /opt/edgeseg/
+install -m 644 model.onnx /opt/edgeseg/
+install -m 644 edgeseg.service /etc/systemd/system/
+systemctl daemon-reload
+systemctl enable --now edgeseg.service
+echo "edgeseg is running: systemctl status edgeseg; journalctl -u edgeseg -f"
+INSTALL
+chmod +x "$root/install.sh"
+tar -C "$stage" -czf "$out" edgeseg
+echo "wrote $out: $(tar -tzf "$out" | tr '\n' ' ')"
