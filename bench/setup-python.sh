@@ -10,7 +10,12 @@ packages=(numpy onnx onnxruntime pillow)
 [ "${1:-}" = "--no-torch" ] || packages+=(torch)
 if [ ! -x "$venv/bin/python" ]; then
     mkdir -p "$(dirname "$venv")"
-    python3 -m venv "$venv" >&2
+    if ! python3 -m venv "$venv" >&2; then
+        # Debian's system Python keeps venv in a separate package.
+        rm -rf "$venv"
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+        python3 -m venv "$venv" >&2
+    fi
 fi
 missing=()
 for p in "${packages[@]}"; do
