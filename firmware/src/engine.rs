@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::knobs::KnobScope;
 use tract_onnx::tract_core::plan::SimpleState;
 
 use crate::model_info::{MetadataError, ModelInfo};
@@ -118,11 +119,22 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let size = info.input_size;
         let shape = [1, 3, size.height as usize, size.width as usize];
-        let plan = tract_onnx::onnx()
-            .model_for_proto_model(proto)
-            .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
+        // Knobs the benchmarks show help (BENCHMARKS.md), unless the user set
+        // them: im2col + matrix product beat tract's direct spatial
+        // convolution on every model measured here.
+        let knobs: Vec<(&str, &str)> = [("TRACT_DISABLE_DIRECT_SPATIAL", "true")]
+            .into_iter()
+            .filter(|(k, _)| std::env::var_os(k).is_none())
+            .collect();
+        let scope = KnobScope::new(knobs).map_err(|e| tract_error(what, e))?;
+        let plan = scope
+            .enter(|| {
+                tract_onnx::onnx()
+                    .model_for_proto_model(proto)
+                    .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
+                    .and_then(|m| m.into_optimized())
+                    .and_then(|m| m.into_runnable())
+            })
             .map_err(|e| tract_error(what, e))?;
         let output_shape = plan
             .model()
