@@ -212,9 +212,7 @@ impl Engine {
     /// Runs `input` once and returns the time each node of the optimised graph
     /// took, slowest first: `(node name, operator, seconds)`.
     pub fn profile(&mut self, input: &[f32]) -> Result<Vec<(String, String, f64)>, EngineError> {
-        let size = self.info.input_size;
-        let shape = [1, 3, size.height as usize, size.width as usize];
-        let tensor = Tensor::from_shape(&shape, input).map_err(|e| tract_error("input", e))?;
+        let tensor = self.input_tensor(input)?;
         let mut times = Vec::new();
         self.state
             .run_plan_with_eval(tvec!(tensor.into()), |ctx, state, node, inputs| {
@@ -232,9 +230,8 @@ impl Engine {
         Ok(times)
     }
 
-    /// Runs one normalised planar image (`3 * height * width` values, channels
-    /// first) and returns planar logits (`classes * height * width`).
-    pub fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, EngineError> {
+    /// `input` as the model's `1x3xHxW` input tensor, after checking its length.
+    fn input_tensor(&self, input: &[f32]) -> Result<Tensor, EngineError> {
         let size = self.info.input_size;
         let (h, w) = (size.height as usize, size.width as usize);
         if input.len() != 3 * h * w {
@@ -243,8 +240,13 @@ impl Engine {
                 actual: input.len(),
             });
         }
-        let tensor =
-            Tensor::from_shape(&[1, 3, h, w], input).map_err(|e| tract_error("input", e))?;
+        Tensor::from_shape(&[1, 3, h, w], input).map_err(|e| tract_error("input", e))
+    }
+
+    /// Runs one normalised planar image (`3 * height * width` values, channels
+    /// first) and returns planar logits (`classes * height * width`).
+    pub fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, EngineError> {
+        let tensor = self.input_tensor(input)?;
         let outputs = self
             .state
             .run(tvec!(tensor.into()))

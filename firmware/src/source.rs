@@ -52,6 +52,16 @@ pub struct OwnedFrame {
 }
 
 impl OwnedFrame {
+    /// An RGB frame holding `image`.
+    pub fn from_rgb(image: image::RgbImage) -> OwnedFrame {
+        OwnedFrame {
+            format: PixelFormat::Rgb8,
+            size: Size::new(image.width(), image.height()),
+            stride: 3 * image.width() as usize,
+            data: image.into_raw(),
+        }
+    }
+
     /// A borrowed view.
     pub fn frame(&self) -> Frame<'_> {
         Frame::new(self.format, self.size, self.stride, &self.data)
@@ -174,12 +184,7 @@ impl<R: Read + Send> MjpegSource<R> {
             reader,
             pending: Vec::new(),
             eof: false,
-            frame: OwnedFrame {
-                format: PixelFormat::Rgb8,
-                size: Size::new(1, 1),
-                stride: 3,
-                data: vec![0; 3],
-            },
+            frame: OwnedFrame::from_rgb(image::RgbImage::new(1, 1)),
             stats: SourceStats::default(),
             what: what.into(),
         }
@@ -236,10 +241,7 @@ impl<R: Read + Send> FrameSource for MjpegSource<R> {
         while let Some(jpeg) = self.next_jpeg()? {
             match image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg) {
                 Ok(img) => {
-                    let rgb = img.into_rgb8();
-                    self.frame.size = Size::new(rgb.width(), rgb.height());
-                    self.frame.stride = 3 * rgb.width() as usize;
-                    self.frame.data = rgb.into_raw();
+                    self.frame = OwnedFrame::from_rgb(img.into_rgb8());
                     self.stats.frames += 1;
                     return Ok(Some(&self.frame));
                 }
@@ -254,6 +256,20 @@ impl<R: Read + Send> FrameSource for MjpegSource<R> {
     }
 }
 
+/// The PNG and JPEG files directly in `dir`, sorted by name.
+pub fn image_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Pictures of a folder in name order.
 #[derive(Debug)]
 pub struct DirSource {
@@ -265,19 +281,10 @@ pub struct DirSource {
 impl DirSource {
     /// The PNG and JPEG files of `dir`.
     pub fn new(dir: &Path) -> Result<DirSource, SourceError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| SourceError::Io {
+        let files = image_files(dir).map_err(|source| SourceError::Io {
             what: dir.display().to_string(),
             source,
         })?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                    matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
-                })
-            })
-            .collect();
-        files.sort();
         if files.is_empty() {
             return Err(SourceError::Spec {
                 spec: dir.display().to_string(),
@@ -286,12 +293,7 @@ impl DirSource {
         }
         Ok(DirSource {
             files: files.into_iter(),
-            frame: OwnedFrame {
-                format: PixelFormat::Rgb8,
-                size: Size::new(1, 1),
-                stride: 3,
-                data: vec![0; 3],
-            },
+            frame: OwnedFrame::from_rgb(image::RgbImage::new(1, 1)),
             stats: SourceStats::default(),
         })
     }
@@ -306,10 +308,7 @@ impl FrameSource for DirSource {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let rgb = img.into_rgb8();
-        self.frame.size = Size::new(rgb.width(), rgb.height());
-        self.frame.stride = 3 * rgb.width() as usize;
-        self.frame.data = rgb.into_raw();
+        self.frame = OwnedFrame::from_rgb(img.into_rgb8());
         self.stats.frames += 1;
         Ok(Some(&self.frame))
     }

@@ -221,16 +221,16 @@ pub fn compare(model: &Model, onnx: &[u8], inputs: &[Vec<f32>], size: Size) -> R
         for (a, b) in burn.iter().zip(&tract) {
             max_abs_diff = max_abs_diff.max((a - b).abs());
         }
-        let plane = h * w;
-        for p in 0..plane {
-            let best = |v: &[f32]| {
-                (0..classes)
-                    .max_by(|&a, &b| v[a * plane + p].total_cmp(&v[b * plane + p]))
-                    .unwrap_or(0)
-            };
-            agree += usize::from(best(&burn) == best(&tract));
-            total += 1;
-        }
+        let (burn_mask, tract_mask) = (
+            crate::quantize::argmax(&burn, classes),
+            crate::quantize::argmax(&tract, classes),
+        );
+        agree += burn_mask
+            .iter()
+            .zip(&tract_mask)
+            .filter(|(a, b)| a == b)
+            .count();
+        total += burn_mask.len();
     }
     Ok(Agreement {
         images: inputs.len(),

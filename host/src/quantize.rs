@@ -104,19 +104,8 @@ impl QuantReport {
     }
 }
 
-/// Image files directly in `dir`, sorted by name.
 fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
+    firmware::source::image_files(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// Up to `n` calibration pictures from `dir` (a folder of images, or a dataset
@@ -164,15 +153,11 @@ fn normalized(img: &RgbImage, size: Size, normalize: &Normalize) -> Vec<f32> {
     out
 }
 
-fn argmax(logits: &[f32], classes: usize) -> Vec<u8> {
-    let plane = logits.len() / classes;
-    (0..plane)
-        .map(|p| {
-            (0..classes)
-                .max_by(|&a, &b| logits[a * plane + p].total_cmp(&logits[b * plane + p]))
-                .unwrap_or(0) as u8
-        })
-        .collect()
+/// The class mask of planar `logits`, with the runtime's tie rule.
+pub(crate) fn argmax(logits: &[f32], classes: usize) -> Vec<u8> {
+    let mut mask = vec![0; logits.len() / classes];
+    firmware::post::argmax(logits, classes, &mut mask).expect("logits of whole planes");
+    mask
 }
 
 fn median_ms(engine: &mut Engine, input: &[f32], runs: usize) -> Result<f64> {
@@ -193,10 +178,10 @@ fn median_ms(engine: &mut Engine, input: &[f32], runs: usize) -> Result<f64> {
 
 /// Quantises `job.model`, writes `job.out`, and reports float against int8.
 pub fn quantize_file(job: &QuantizeJob) -> Result<QuantReport> {
-    let proto =
-        model_export::onnx::read_model(&job.model).map_err(|e| Error::Invalid(e.to_string()))?;
     let what = job.model.display().to_string();
     let float_bytes = std::fs::read(&job.model).map_err(|e| Error::io(&job.model, e))?;
+    let proto = model_export::onnx::decode_model(&float_bytes, &what)
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     let graph = model_export::onnx::from_model(&proto)
         .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
     let info = model_info(&proto).map_err(|e| Error::Invalid(format!("{what}: {e}")))?;

@@ -205,6 +205,45 @@ pub fn value_name(graph: &Graph, value: Value) -> String {
     }
 }
 
+fn to_i64(v: &[usize]) -> Vec<i64> {
+    v.iter().map(|&x| x as i64).collect()
+}
+
+/// The attributes of a plain (ungrouped, undilated) 2-D convolution with `weights`.
+pub fn conv_attributes(
+    weights: &Weights,
+    stride: [usize; 2],
+    pads: [usize; 4],
+) -> Vec<AttributeProto> {
+    let [_, _, kh, kw] = weights.shape;
+    vec![
+        attr_ints("kernel_shape", &to_i64(&[kh, kw])),
+        attr_ints("strides", &to_i64(&stride)),
+        attr_ints("pads", &to_i64(&pads)),
+        attr_ints("dilations", &[1, 1]),
+        attr_int("group", 1),
+    ]
+}
+
+/// Adds a float convolution's weights (and bias, if any) as constants named
+/// after node `name`, and returns their names in ONNX input order.
+fn conv_constants(
+    b: &mut ProtoBuilder,
+    name: &str,
+    weights: &Weights,
+    bias: Option<&[f32]>,
+) -> Vec<String> {
+    let mut names = vec![b.constant(tensor_f32(
+        &format!("{name}.weight"),
+        &weights.shape,
+        &weights.data,
+    ))];
+    if let Some(bias) = bias {
+        names.push(b.constant(tensor_f32(&format!("{name}.bias"), &[bias.len()], bias)));
+    }
+    names
+}
+
 /// Writes one float node of `graph` (node `i`) into `b`, reading its inputs by
 /// the names `input_names` and writing its output as `output`.
 pub fn float_node(
@@ -217,66 +256,21 @@ pub fn float_node(
     let node = &graph.nodes()[i];
     let name = node.name.as_str();
     let ins: Vec<&str> = input_names.iter().map(String::as_str).collect();
-    let to_i64 = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
     match &node.op {
         Op::Conv(conv) => {
-            let w = b.constant(tensor_f32(
-                &format!("{name}.weight"),
-                &conv.weights.shape,
-                &conv.weights.data,
-            ));
-            let mut inputs = vec![ins[0], &w];
-            let bias = conv
-                .bias
-                .as_ref()
-                .map(|bias| b.constant(tensor_f32(&format!("{name}.bias"), &[bias.len()], bias)));
-            if let Some(bias) = &bias {
-                inputs.push(bias);
-            }
-            let [_, _, kh, kw] = conv.weights.shape;
-            b.node(
-                name,
-                "Conv",
-                &inputs,
-                &[output],
-                vec![
-                    attr_ints("kernel_shape", &to_i64(&[kh, kw])),
-                    attr_ints("strides", &to_i64(&conv.stride)),
-                    attr_ints("pads", &to_i64(&conv.pads)),
-                    attr_ints("dilations", &[1, 1]),
-                    attr_int("group", 1),
-                ],
-            );
+            let inputs = conv_constants(b, name, &conv.weights, conv.bias.as_deref());
+            let mut inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            inputs.insert(0, ins[0]);
+            let attributes = conv_attributes(&conv.weights, conv.stride, conv.pads);
+            b.node(name, "Conv", &inputs, &[output], attributes);
         }
         Op::ConvTranspose(conv) => {
-            let w = b.constant(tensor_f32(
-                &format!("{name}.weight"),
-                &conv.weights.shape,
-                &conv.weights.data,
-            ));
-            let mut inputs = vec![ins[0], &w];
-            let bias = conv
-                .bias
-                .as_ref()
-                .map(|bias| b.constant(tensor_f32(&format!("{name}.bias"), &[bias.len()], bias)));
-            if let Some(bias) = &bias {
-                inputs.push(bias);
-            }
-            let [_, _, kh, kw] = conv.weights.shape;
-            b.node(
-                name,
-                "ConvTranspose",
-                &inputs,
-                &[output],
-                vec![
-                    attr_ints("kernel_shape", &to_i64(&[kh, kw])),
-                    attr_ints("strides", &to_i64(&conv.stride)),
-                    attr_ints("pads", &to_i64(&conv.pads)),
-                    attr_ints("output_padding", &to_i64(&conv.output_padding)),
-                    attr_ints("dilations", &[1, 1]),
-                    attr_int("group", 1),
-                ],
-            );
+            let inputs = conv_constants(b, name, &conv.weights, conv.bias.as_deref());
+            let mut inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            inputs.insert(0, ins[0]);
+            let mut attributes = conv_attributes(&conv.weights, conv.stride, conv.pads);
+            attributes.push(attr_ints("output_padding", &to_i64(&conv.output_padding)));
+            b.node(name, "ConvTranspose", &inputs, &[output], attributes);
         }
         Op::BatchNorm(bn) => {
             let c = bn.gamma.len();
@@ -402,8 +396,13 @@ pub fn read_model(path: &Path) -> Result<ModelProto> {
         path: path.to_path_buf(),
         source,
     })?;
-    ModelProto::decode(&bytes[..]).map_err(|e| Error::Onnx {
-        what: path.display().to_string(),
+    decode_model(&bytes, &path.display().to_string())
+}
+
+/// Decodes the bytes of an ONNX file; `what` names it in errors.
+pub fn decode_model(bytes: &[u8], what: &str) -> Result<ModelProto> {
+    ModelProto::decode(bytes).map_err(|e| Error::Onnx {
+        what: what.into(),
         message: format!("not an ONNX protobuf: {e}"),
     })
 }

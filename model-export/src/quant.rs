@@ -28,7 +28,7 @@ use tract_onnx::prelude::*;
 use crate::error::{Error, Result};
 use crate::graph::{Conv, Graph, Op, Value};
 use crate::onnx::{
-    ProtoBuilder, attr_int, attr_ints, float_node, tensor_f32, to_model, value_info, value_name,
+    ProtoBuilder, conv_attributes, float_node, tensor_f32, to_model, value_info, value_name,
 };
 
 /// How weights are quantised.
@@ -552,20 +552,12 @@ pub fn quantize(
                 let (xs, xz) = params(&mut b, &format!("{name}.x"), x_enc);
                 let (ys, yz) = params(&mut b, &format!("{name}.y"), y_enc);
                 let y = format!("{name}.q8");
-                let [_, _, kh, kw] = conv.weights.shape;
-                let to_i64 = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
                 b.node(
                     &name,
                     "QLinearConv",
                     &[&x, &xs, &xz, &w, &ws, &wz, &ys, &yz, &bq],
                     &[&y],
-                    vec![
-                        attr_ints("kernel_shape", &to_i64(&[kh, kw])),
-                        attr_ints("strides", &to_i64(&conv.stride)),
-                        attr_ints("pads", &to_i64(&conv.pads)),
-                        attr_ints("dilations", &[1, 1]),
-                        attr_int("group", 1),
-                    ],
+                    conv_attributes(&conv.weights, conv.stride, conv.pads),
                 );
                 q_name.insert(out, y);
                 summary.qlinear_convs += 1;

@@ -232,6 +232,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pipeline stages timed per frame, in the order `Stats` sums them.
+const STAGES: [&str; 6] = [
+    "capture",
+    "preprocess",
+    "inference",
+    "postprocess",
+    "output",
+    "total",
+];
+
 /// Sums of per-stage times over frames.
 #[derive(Default)]
 struct Stats {
@@ -257,15 +267,15 @@ impl Stats {
     fn line(&self, over: Duration) -> String {
         let n = self.frames.max(1);
         let ms = |d: Duration| d.as_secs_f64() * 1e3 / n as f64;
+        let stages: Vec<String> = STAGES
+            .iter()
+            .zip(self.sums)
+            .map(|(stage, d)| format!("{stage} {:.1}", ms(d)))
+            .collect();
         format!(
-            "{:.1} FPS; mean ms: capture {:.1}, preprocess {:.1}, inference {:.1}, postprocess {:.1}, output {:.1}, total {:.1}",
+            "{:.1} FPS; mean ms: {}",
             self.frames as f64 / over.as_secs_f64().max(1e-9),
-            ms(self.sums[0]),
-            ms(self.sums[1]),
-            ms(self.sums[2]),
-            ms(self.sums[3]),
-            ms(self.sums[4]),
-            ms(self.sums[5]),
+            stages.join(", ")
         )
     }
 }
@@ -348,21 +358,13 @@ impl Sink {
                     image::ExtendedColorType::Rgb8,
                 )?;
                 let n = cx.recent.frames.max(1) as f64;
-                let stages = [
-                    "capture",
-                    "preprocess",
-                    "inference",
-                    "postprocess",
-                    "output",
-                    "total",
-                ];
                 view.publish(
                     jpeg,
                     LiveStats {
                         frames: item.seq + 1,
                         dropped: 0,
                         fps: cx.recent.frames as f64 / cx.recent.span().as_secs_f64().max(1e-9),
-                        latency_ms: stages
+                        latency_ms: STAGES
                             .iter()
                             .zip(cx.recent.sums)
                             .map(|(s, d)| (s.to_string(), d.as_secs_f64() * 1e3 / n))
