@@ -40,6 +40,8 @@ pub mod protocol;
 pub mod rng;
 #[cfg(feature = "std")]
 pub mod segmenter;
+#[cfg(feature = "std")]
+pub mod sink;
 pub mod size;
 #[cfg(feature = "std")]
 pub mod source;

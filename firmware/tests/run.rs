@@ -310,3 +310,83 @@ fn tcp_protocol_sink_matches_png_masks() {
     }
     assert_eq!(frames, 3);
 }
+
+/// The picture sinks: colour masks, overlays, captured frames, an animated GIF
+/// and an MJPEG file that `--source mjpeg:` reads back.
+#[test]
+fn picture_sinks_write_what_they_promise() {
+    use image::AnimationDecoder;
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    write_model(&model);
+    let m = model.to_str().unwrap();
+    let pictures = dir.path().join("pictures");
+    std::fs::create_dir_all(&pictures).unwrap();
+    // Twice the model's size: overlays come at the mask's size, frames at their own.
+    let big = image::imageops::resize(&halves(), 2 * W, 2 * H, image::imageops::Nearest);
+    for i in 0..3 {
+        big.save(pictures.join(format!("{i}.png"))).unwrap();
+    }
+    let out = dir.path().join("out");
+    let at = |what: &str| out.join(what).display().to_string();
+    let sinks = [
+        format!("color:{}", at("color")),
+        format!("overlay:{}", at("overlay")),
+        format!("frames:{}", at("frames")),
+        format!("gif:{}", at("drive.gif")),
+        format!("mjpeg:{}", at("drive.mjpeg")),
+    ];
+    let mut args = vec!["--model", m, "--source"];
+    let source = format!("dir:{}", pictures.display());
+    args.push(&source);
+    for s in &sinks {
+        args.extend(["--sink", s]);
+    }
+    let (_, stderr, ok) = run(&args, &[]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("drive.gif"), "{stderr}");
+
+    let color = image::open(out.join("color/000002.png"))
+        .unwrap()
+        .into_rgb8();
+    assert_eq!((color.width(), color.height()), (W, H));
+    assert_eq!(color.get_pixel(2, 2).0, [255, 0, 0]);
+    assert_eq!(color.get_pixel(W - 3, H - 3).0, [0, 0, 255]);
+    let overlay = image::open(out.join("overlay/000000.png"))
+        .unwrap()
+        .into_rgb8();
+    // 220 * (255 - 120) / 255 + 255 * 120 / 255, rounded.
+    assert_eq!(overlay.get_pixel(2, 2).0, [236, 16, 16]);
+    let frame = image::open(out.join("frames/000001.png"))
+        .unwrap()
+        .into_rgb8();
+    assert_eq!(frame, big, "frames are written as captured");
+
+    let gif = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(
+        std::fs::File::open(out.join("drive.gif")).unwrap(),
+    ))
+    .unwrap();
+    let frames = gif.into_frames().collect_frames().unwrap();
+    assert_eq!(frames.len(), 3);
+    let first = frames[0].buffer();
+    assert_eq!((first.width(), first.height()), (W, H));
+    let px = first.get_pixel(2, 2).0;
+    assert!(px[0] > 200 && px[2] < 60, "{px:?}");
+
+    // The MJPEG file is a stream the runtime reads back: the same halves.
+    let source = format!("mjpeg:{}", at("drive.mjpeg"));
+    let (stdout, stderr, ok) = run(
+        &["--model", m, "--source", &source, "--sink", "jsonl:-"],
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    check_lines(&stdout, 3);
+
+    // A sink that cannot be opened is named.
+    let (_, stderr, ok) = run(
+        &["--model", m, "--source", &source, "--sink", "bogus:x"],
+        &[],
+    );
+    assert!(!ok && stderr.contains("bogus:x"), "{stderr}");
+}

@@ -3,17 +3,13 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use firmware::Size;
-use firmware::live::{LiveStats, LiveView};
-use firmware::pipeline::{self, Segmented};
-use firmware::protocol::FrameHeader;
 use firmware::segmenter::Segmenter;
+use firmware::sink::{self, Sink, StreamOptions};
 use firmware::source::{FrameSource, SyntheticSource};
-use firmware::transport::{Sender, Target, encode_frame};
 
 use firmware::stats::Histogram;
 
@@ -36,7 +32,10 @@ struct Cli {
     source: String,
     /// Where masks go (repeatable): `jsonl:PATH` or `jsonl:-` (one JSON object
     /// per frame: seq, latency_ms per stage, class fractions), `png:DIR` (one
-    /// class-id PNG per frame), `http:ADDR` (live view: a page with the
+    /// class-id PNG per frame), `color:DIR` (colour masks), `overlay:DIR` (the
+    /// frame with the class colours over it), `frames:DIR` (the frames as
+    /// captured), `gif:PATH` (an animated GIF of the overlays), `mjpeg:PATH`
+    /// (the overlays as concatenated JPEGs), `http:ADDR` (live view: a page with the
     /// overlaid stream, FPS, latency and class fractions, and `/metrics`; use
     /// 127.0.0.1:8080, or 0.0.0.0:8080 to reach it from another machine),
     /// `tcp:ADDR`, `udp:ADDR`, `serial:PATH` (the postcard wire protocol: frame
@@ -71,50 +70,6 @@ fn parse_source(s: &str) -> anyhow::Result<Size> {
             .parse()
             .map_err(|e| anyhow::anyhow!("--source {s}: {e}")),
         _ => anyhow::bail!("--source {s}: unknown source; this build knows `synthetic[:WxH]`"),
-    }
-}
-
-/// An output for masks.
-enum Sink {
-    Jsonl(Box<dyn Write>),
-    Png(PathBuf),
-    Http(LiveView),
-    Protocol(Sender),
-}
-
-impl Sink {
-    fn parse(s: &str) -> anyhow::Result<Sink> {
-        match s.split_once(':') {
-            Some(("jsonl", "-")) => Ok(Sink::Jsonl(Box::new(std::io::stdout()))),
-            Some(("jsonl", path)) => {
-                let file = std::fs::File::create(path)
-                    .with_context(|| format!("--sink {s}: cannot create {path}"))?;
-                Ok(Sink::Jsonl(Box::new(std::io::BufWriter::new(file))))
-            }
-            Some(("png", dir)) => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("--sink {s}: cannot create {dir}"))?;
-                Ok(Sink::Png(PathBuf::from(dir)))
-            }
-            Some(("http", addr)) => {
-                let view = LiveView::start(addr)?;
-                eprintln!("live view on http://{}/", view.addr());
-                Ok(Sink::Http(view))
-            }
-            Some(("tcp", addr)) => Ok(Sink::Protocol(Sender::start(Target::Tcp(addr.into())))),
-            Some(("udp", addr)) => Ok(Sink::Protocol(Sender::start(Target::Udp(addr.into())))),
-            Some(("serial", path)) => {
-                // Open once now so a wrong path is reported before the first frame.
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(path)
-                    .with_context(|| format!("--sink {s}: cannot open {path}"))?;
-                Ok(Sink::Protocol(Sender::start(Target::Serial(path.into()))))
-            }
-            _ => anyhow::bail!(
-                "--sink {s}: expected jsonl:PATH, jsonl:-, png:DIR, http:ADDR, tcp:ADDR, udp:ADDR or serial:PATH"
-            ),
-        }
     }
 }
 
@@ -153,74 +108,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let source = firmware::source::open(&cli.source, cli.seed)?;
-    let mut sinks = cli
+    let sinks = cli
         .sink
         .iter()
-        .map(|s| Sink::parse(s))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let info = segmenter.info().clone();
-    let mask_size = segmenter.mask_size();
+        .map(|s| Sink::open(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    for sink in &sinks {
+        if let Sink::Http(view) = sink {
+            eprintln!("live view on http://{}/", view.addr());
+        }
+    }
+    let info = segmenter.info();
     eprintln!(
-        "{}: {} ({}) at {mask_size}, {} classes; source {}",
+        "{}: {} ({}) at {}, {} classes; source {}",
         model.display(),
         info.architecture,
         info.precision,
+        segmenter.mask_size(),
         info.num_classes(),
         cli.source
     );
-    let started = Instant::now();
-    let mut window = Stats::default();
-    let mut all = Stats::default();
-    let mut last_report = Instant::now();
-    let mut recent = Stats::default();
-    let output = |item: &Segmented| -> Result<(), String> {
-        let outputs_started = Instant::now();
-        let mask = &item.mask;
-        let mut counts = vec![0u64; info.num_classes()];
-        for &m in mask {
-            counts[m as usize] += 1;
-        }
-        let context = SinkContext {
-            counts: &counts,
-            info: &info,
-            mask_size,
-            outputs_started,
-            recent: &recent,
-            run_started: started,
-        };
-        for sink in &mut sinks {
-            sink.write(item, &context).map_err(|e| format!("{e:#}"))?;
-        }
-        let t = item.times;
-        let stages = [
-            item.capture,
-            t.preprocess,
-            t.inference,
-            t.postprocess,
-            outputs_started.elapsed(),
-            item.started.elapsed(),
-        ];
-        window.add(&stages);
-        all.add(&stages);
-        recent.add(&stages);
-        if recent.frames >= 30 {
-            recent = Stats::default();
-        }
-        if cli.report_every > 0.0 && last_report.elapsed().as_secs_f64() >= cli.report_every {
-            eprintln!("{}", window.line(last_report.elapsed()));
-            window = Stats::default();
-            last_report = Instant::now();
-        }
-        Ok(())
+    let options = StreamOptions {
+        limit,
+        queue: cli.queue,
+        report_every: (cli.report_every > 0.0).then(|| Duration::from_secs_f64(cli.report_every)),
     };
-    let totals = pipeline::run(source, segmenter, limit, cli.queue, output)?;
-    for sink in sinks {
-        if let Sink::Protocol(sender) = sink {
-            let (sent, dropped) = sender.finish();
-            eprintln!("protocol sink: {sent} frames sent, {dropped} dropped");
-        }
+    let summary = sink::stream(source, segmenter, sinks, options, |window, over| {
+        eprintln!("{}", window.line(over))
+    })?;
+    for message in &summary.messages {
+        eprintln!("{message}");
     }
-    eprintln!("{}", all.line(started.elapsed()));
+    eprintln!("{}", summary.stats.line(summary.elapsed));
+    let totals = summary.totals;
     eprintln!(
         "{} frames captured, {} processed, {} dropped; {} corrupt frames skipped; {} bytes of an incomplete last frame dropped",
         totals.captured,
@@ -230,159 +150,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         totals.source.truncated_bytes
     );
     Ok(())
-}
-
-/// The pipeline stages timed per frame, in the order `Stats` sums them.
-const STAGES: [&str; 6] = [
-    "capture",
-    "preprocess",
-    "inference",
-    "postprocess",
-    "output",
-    "total",
-];
-
-/// Sums of per-stage times over frames.
-#[derive(Default)]
-struct Stats {
-    frames: u32,
-    sums: [Duration; 6],
-    first: Option<Instant>,
-}
-
-impl Stats {
-    /// Time since the first frame of this window.
-    fn span(&self) -> Duration {
-        self.first.map_or(Duration::ZERO, |t| t.elapsed())
-    }
-
-    fn add(&mut self, stages: &[Duration; 6]) {
-        self.first.get_or_insert_with(Instant::now);
-        self.frames += 1;
-        for (s, d) in self.sums.iter_mut().zip(stages) {
-            *s += *d;
-        }
-    }
-
-    fn line(&self, over: Duration) -> String {
-        let n = self.frames.max(1);
-        let ms = |d: Duration| d.as_secs_f64() * 1e3 / n as f64;
-        let stages: Vec<String> = STAGES
-            .iter()
-            .zip(self.sums)
-            .map(|(stage, d)| format!("{stage} {:.1}", ms(d)))
-            .collect();
-        format!(
-            "{:.1} FPS; mean ms: {}",
-            self.frames as f64 / over.as_secs_f64().max(1e-9),
-            stages.join(", ")
-        )
-    }
-}
-
-/// What every sink may need about the current frame.
-struct SinkContext<'a> {
-    counts: &'a [u64],
-    info: &'a firmware::model_info::ModelInfo,
-    mask_size: Size,
-    outputs_started: Instant,
-    recent: &'a Stats,
-    run_started: Instant,
-}
-
-impl Sink {
-    fn write(&mut self, item: &Segmented, cx: &SinkContext<'_>) -> anyhow::Result<()> {
-        let mask = &item.mask;
-        let fraction = |c: u64| c as f64 / mask.len() as f64;
-        match self {
-            Sink::Png(dir) => {
-                let path = dir.join(format!("{:06}.png", item.seq));
-                image::GrayImage::from_raw(cx.mask_size.width, cx.mask_size.height, mask.clone())
-                    .expect("mask fits its size")
-                    .save(&path)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            Sink::Jsonl(out) => {
-                let ms = |d: Duration| d.as_secs_f64() * 1e3;
-                let fractions: serde_json::Map<String, serde_json::Value> = cx
-                    .info
-                    .class_names
-                    .iter()
-                    .zip(cx.counts)
-                    .map(|(n, &c)| (n.clone(), fraction(c).into()))
-                    .collect();
-                let t = item.times;
-                let line = serde_json::json!({
-                    "seq": item.seq,
-                    "latency_ms": {
-                        "capture": ms(item.capture),
-                        "preprocess": ms(t.preprocess),
-                        "inference": ms(t.inference),
-                        "postprocess": ms(t.postprocess),
-                        "output": ms(cx.outputs_started.elapsed()),
-                        "total": ms(item.started.elapsed()),
-                    },
-                    "fractions": fractions,
-                });
-                writeln!(out, "{line}")?;
-                out.flush()?;
-            }
-            Sink::Protocol(sender) => {
-                let header = FrameHeader {
-                    seq: item.seq as u32,
-                    timestamp_us: item.started.duration_since(cx.run_started).as_micros() as u64,
-                    width: cx.mask_size.width as u16,
-                    height: cx.mask_size.height as u16,
-                    classes: cx.info.num_classes() as u8,
-                    latency_us: item.started.elapsed().as_micros() as u32,
-                };
-                sender.send(encode_frame(header, mask).map_err(|e| anyhow::anyhow!("{e}"))?);
-            }
-            Sink::Http(view) => {
-                // The frame at the mask's size with the class colours over it.
-                let (w, h) = (cx.mask_size.width as usize, cx.mask_size.height as usize);
-                let frame = item.frame.frame();
-                let (fw, fh) = (frame.size().width as usize, frame.size().height as usize);
-                let mut rgb = Vec::with_capacity(3 * w * h);
-                for y in 0..h {
-                    for x in 0..w {
-                        rgb.extend_from_slice(&frame.rgb(x * fw / w, y * fh / h));
-                    }
-                }
-                firmware::post::overlay(&mut rgb, mask, &cx.info.palette, 120, cx.info.void)?;
-                let mut jpeg = Vec::new();
-                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80).encode(
-                    &rgb,
-                    w as u32,
-                    h as u32,
-                    image::ExtendedColorType::Rgb8,
-                )?;
-                let n = cx.recent.frames.max(1) as f64;
-                view.publish(
-                    jpeg,
-                    LiveStats {
-                        frames: item.seq + 1,
-                        dropped: 0,
-                        fps: cx.recent.frames as f64 / cx.recent.span().as_secs_f64().max(1e-9),
-                        latency_ms: STAGES
-                            .iter()
-                            .zip(cx.recent.sums)
-                            .map(|(s, d)| (s.to_string(), d.as_secs_f64() * 1e3 / n))
-                            .collect(),
-                        fractions: cx
-                            .info
-                            .class_names
-                            .iter()
-                            .zip(cx.counts)
-                            .map(|(n, &c)| (n.clone(), fraction(c)))
-                            .collect(),
-                        model: format!("{} {}", cx.info.architecture, cx.info.precision),
-                    },
-                );
-            }
-        }
-        Ok(())
-    }
 }
 
 fn main() -> ExitCode {
