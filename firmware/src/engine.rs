@@ -1,5 +1,6 @@
-//! Running an exported model with tract: load the ONNX file, read its
-//! [`ModelInfo`], optimise the graph for the fixed input size, run frames.
+//! Running an exported model with tract: load the ONNX file (or its NNEF
+//! translation), read its [`ModelInfo`], optimise the graph for the fixed input
+//! size, run frames without allocating per frame.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -76,6 +77,37 @@ pub struct Engine {
     plan: Arc<TypedRunnableModel>,
     state: SimpleState<TypedFact, Box<dyn TypedOp>>,
     output_shape: Vec<usize>,
+    /// The input tensor, reused: tract gets a reference-counted handle to it.
+    input: Arc<Tensor>,
+    /// The logits of the last run.
+    logits: Vec<f32>,
+}
+
+/// Prefix tract gives ONNX `metadata_props` among a model's properties (and
+/// which NNEF files written by [`model_export`](https://docs.rs/) keep).
+pub const PROPERTY_PREFIX: &str = "onnx.metadata_props.";
+
+/// Whether `path` names an NNEF model (a `.nnef.tgz`/`.nnef.tar` archive or a
+/// folder) rather than an ONNX file.
+pub fn is_nnef(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase());
+    path.is_dir()
+        || name.is_some_and(|n| n.ends_with(".tgz") || n.ends_with(".tar") || n.ends_with(".nnef"))
+}
+
+/// Reads the edgeseg metadata of a tract model (from ONNX or NNEF) out of its
+/// properties.
+pub fn typed_model_info(model: &TypedModel) -> Result<ModelInfo, MetadataError> {
+    let props: Vec<(&str, String)> = model
+        .properties
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix(PROPERTY_PREFIX)?;
+            let value = v.try_as_plain_ram().ok()?.to_scalar::<String>().ok()?;
+            Some((key, value.clone()))
+        })
+        .collect();
+    ModelInfo::from_props(props.iter().map(|(k, v)| (*k, v.as_str())))
 }
 
 /// Reads the edgeseg metadata of a parsed ONNX file.
@@ -88,9 +120,19 @@ pub fn model_info(proto: &ModelProto) -> Result<ModelInfo, MetadataError> {
     )
 }
 
+/// The `1x3xHxW` input shape for `info`'s input size.
+fn input_shape(info: &ModelInfo) -> [usize; 4] {
+    let size = info.input_size;
+    [1, 3, size.height as usize, size.width as usize]
+}
+
 impl Engine {
-    /// Loads an ONNX file written by `edgeseg export` or `edgeseg quantize`.
+    /// Loads an ONNX file written by `edgeseg export` or `edgeseg quantize`, or
+    /// its NNEF translation (see [`is_nnef`]).
     pub fn load(path: &Path) -> Result<Engine, EngineError> {
+        if is_nnef(path) {
+            return Engine::load_nnef(path);
+        }
         let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
             path: path.to_path_buf(),
             source,
@@ -111,14 +153,50 @@ impl Engine {
         Engine::from_proto(&proto, info, what)
     }
 
+    /// Loads an NNEF model (archive or folder) translated from an edgeseg ONNX
+    /// file, whose properties carry the metadata.
+    pub fn load_nnef(path: &Path) -> Result<Engine, EngineError> {
+        use tract_onnx::WithOnnx;
+        let what = path.display().to_string();
+        let model = tract_nnef::nnef()
+            .with_onnx()
+            .model_for_path(path)
+            .map_err(|e| tract_error(&what, e))?;
+        let info = typed_model_info(&model).map_err(|source| EngineError::Metadata {
+            what: what.clone(),
+            source,
+        })?;
+        let shape = input_shape(&info);
+        Engine::build(info, &what, move || {
+            let mut model = model;
+            model.set_input_fact(0, f32::fact(shape))?;
+            model.into_decluttered()
+        })
+    }
+
     /// Builds the engine for a parsed model whose metadata is `info`.
     pub fn from_proto(
         proto: &ModelProto,
         info: ModelInfo,
         what: &str,
     ) -> Result<Engine, EngineError> {
-        let size = info.input_size;
-        let shape = [1, 3, size.height as usize, size.width as usize];
+        let shape = input_shape(&info);
+        Engine::build(info, what, || {
+            tract_onnx::onnx()
+                .model_for_proto_model(proto)
+                .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
+                .and_then(|m| m.into_typed())
+        })
+    }
+
+    /// Optimises the typed model `typed` makes under the runtime's knobs and
+    /// checks its output against `info`.
+    fn build(
+        info: ModelInfo,
+        what: &str,
+        typed: impl FnOnce() -> TractResult<TypedModel>,
+    ) -> Result<Engine, EngineError> {
+        let shape = input_shape(&info);
         // Knobs the benchmarks show help (BENCHMARKS.md), unless the user set
         // them: im2col + matrix product beat tract's direct spatial
         // convolution on every model measured here.
@@ -128,13 +206,7 @@ impl Engine {
             .collect();
         let scope = KnobScope::new(knobs).map_err(|e| tract_error(what, e))?;
         let plan = scope
-            .enter(|| {
-                tract_onnx::onnx()
-                    .model_for_proto_model(proto)
-                    .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
-                    .and_then(|m| m.into_optimized())
-                    .and_then(|m| m.into_runnable())
-            })
+            .enter(|| typed()?.into_optimized()?.into_runnable())
             .map_err(|e| tract_error(what, e))?;
         let output_shape = plan
             .model()
@@ -159,11 +231,14 @@ impl Engine {
             });
         }
         let state = plan.spawn().map_err(|e| tract_error(what, e))?;
+        let input = Tensor::zero::<f32>(&shape).map_err(|e| tract_error(what, e))?;
         Ok(Engine {
+            logits: vec![0.0; output_shape.iter().product()],
             info,
             plan,
             state,
             output_shape,
+            input: Arc::new(input),
         })
     }
 
@@ -212,10 +287,10 @@ impl Engine {
     /// Runs `input` once and returns the time each node of the optimised graph
     /// took, slowest first: `(node name, operator, seconds)`.
     pub fn profile(&mut self, input: &[f32]) -> Result<Vec<(String, String, f64)>, EngineError> {
-        let tensor = self.input_tensor(input)?;
+        let tensor = self.input_value(input)?;
         let mut times = Vec::new();
         self.state
-            .run_plan_with_eval(tvec!(tensor.into()), |ctx, state, node, inputs| {
+            .run_plan_with_eval(tvec!(tensor), |ctx, state, node, inputs| {
                 let started = std::time::Instant::now();
                 let out = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
                 times.push((
@@ -230,34 +305,60 @@ impl Engine {
         Ok(times)
     }
 
-    /// `input` as the model's `1x3xHxW` input tensor, after checking its length.
-    fn input_tensor(&self, input: &[f32]) -> Result<Tensor, EngineError> {
-        let size = self.info.input_size;
-        let (h, w) = (size.height as usize, size.width as usize);
-        if input.len() != 3 * h * w {
+    /// `input` as the model's `1x3xHxW` input, after checking its length:
+    /// written into the engine's own tensor, which tract receives by reference
+    /// count, so no frame allocates a new one.
+    fn input_value(&mut self, input: &[f32]) -> Result<TValue, EngineError> {
+        let expected = 3 * self.info.input_size.area();
+        if input.len() != expected {
             return Err(EngineError::Input {
-                expected: 3 * h * w,
+                expected,
                 actual: input.len(),
             });
         }
-        Tensor::from_shape(&[1, 3, h, w], input).map_err(|e| tract_error("input", e))
+        if Arc::get_mut(&mut self.input).is_none() {
+            // tract still holds the last frame's input: make a fresh one.
+            self.input = Arc::new((*self.input).clone());
+        }
+        let tensor = Arc::get_mut(&mut self.input).expect("unique after the check above");
+        tensor
+            .try_as_plain_ram_mut()
+            .and_then(|mut view| {
+                view.as_slice_mut::<f32>()?.copy_from_slice(input);
+                Ok(())
+            })
+            .map_err(|e| tract_error("input", e))?;
+        Ok(TValue::from_const(self.input.clone()))
     }
 
     /// Runs one normalised planar image (`3 * height * width` values, channels
-    /// first) and returns planar logits (`classes * height * width`).
-    pub fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, EngineError> {
-        let tensor = self.input_tensor(input)?;
+    /// first) and returns planar logits (`classes * height * width`), kept in
+    /// the engine until the next run.
+    pub fn run(&mut self, input: &[f32]) -> Result<&[f32], EngineError> {
+        let value = self.input_value(input)?;
         let outputs = self
             .state
-            .run(tvec!(tensor.into()))
+            .run(tvec!(value))
             .map_err(|e| tract_error("running the model", e))?;
         let logits = outputs[0]
             .cast_to::<f32>()
             .map_err(|e| tract_error("reading the logits", e))?;
         let values = logits
-            .to_plain_array_view::<f32>()
+            .try_as_plain_ram()
+            .and_then(|view| view.as_slice::<f32>())
             .map_err(|e| tract_error("reading the logits", e))?;
-        debug_assert_eq!(values.len(), self.output_shape.iter().product::<usize>());
-        Ok(values.iter().copied().collect())
+        if values.len() != self.logits.len() {
+            return Err(EngineError::Model {
+                what: "the logits".into(),
+                message: format!(
+                    "{} values; expected {} for shape {:?}",
+                    values.len(),
+                    self.logits.len(),
+                    self.output_shape
+                ),
+            });
+        }
+        self.logits.copy_from_slice(values);
+        Ok(&self.logits)
     }
 }

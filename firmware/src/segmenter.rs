@@ -83,9 +83,10 @@ impl Segmenter {
             message: e.to_string(),
         })?;
         let preprocessed = Instant::now();
+        let classes = self.engine.info().num_classes();
         let logits = self.engine.run(&self.input)?;
         let inferred = Instant::now();
-        argmax(&logits, self.engine.info().num_classes(), &mut self.mask).map_err(|e| {
+        argmax(logits, classes, &mut self.mask).map_err(|e| {
             EngineError::Model {
                 what: "the logits".into(),
                 message: e.to_string(),

@@ -218,7 +218,7 @@ pub fn compare(model: &Model, onnx: &[u8], inputs: &[Vec<f32>], size: Size) -> R
         let tract = engine
             .run(input)
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        for (a, b) in burn.iter().zip(&tract) {
+        for (a, b) in burn.iter().zip(tract) {
             max_abs_diff = max_abs_diff.max((a - b).abs());
         }
         let (burn_mask, tract_mask) = (

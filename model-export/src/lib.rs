@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod graph;
+pub mod nnef;
 pub mod onnx;
 pub mod quant;
 

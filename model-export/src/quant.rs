@@ -175,7 +175,7 @@ fn calibrate(graph: &Graph, inputs: &[Vec<f32>]) -> Result<Vec<ValueStats>> {
     Ok(stats)
 }
 
-fn placeholder_info(graph: &Graph) -> ModelInfo {
+pub(crate) fn placeholder_info(graph: &Graph) -> ModelInfo {
     let [_, h, w] = graph.input_shape();
     let classes = graph.shape(graph.output())[0];
     ModelInfo {
@@ -693,9 +693,9 @@ pub(crate) mod tests {
 
     fn agreement(float: &mut Engine, int8: &mut Engine, inputs: &[Vec<f32>]) -> f64 {
         let (mut same, mut total) = (0, 0);
+        let classes = float.info().num_classes();
         for x in inputs {
             let (a, b) = (float.run(x).unwrap(), int8.run(x).unwrap());
-            let classes = float.info().num_classes();
             let plane = a.len() / classes;
             let arg = |v: &[f32], p: usize| {
                 (0..classes)
