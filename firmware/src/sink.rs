@@ -175,7 +175,8 @@ pub enum PngKind {
     Mask,
     /// The class colours.
     Color,
-    /// The frame at the mask's size with the class colours blended over it.
+    /// The frame at its own size with the class colours blended over it (the
+    /// mask scaled up, nearest neighbour).
     Overlay,
     /// The frame as captured, at its own size.
     Frame,
@@ -281,13 +282,7 @@ impl Sink {
     fn needs_overlay(&self) -> bool {
         matches!(
             self,
-            Sink::Gif(_)
-                | Sink::Mjpeg { .. }
-                | Sink::Http(_)
-                | Sink::Png {
-                    kind: PngKind::Overlay,
-                    ..
-                }
+            Sink::Gif(_) | Sink::Mjpeg { .. } | Sink::Http(_)
         )
     }
 
@@ -377,6 +372,28 @@ fn encode_png(
     Ok(png)
 }
 
+/// The frame at `size` with the class colours over it; frame and mask are
+/// both resampled (nearest) to `size`.
+fn overlay_at(item: &Segmented, size: Size, info: &ModelInfo) -> Vec<u8> {
+    let mut rgb = frame_rgb(item, size);
+    let mask_size = info.input_size;
+    let (w, h) = (size.width as usize, size.height as usize);
+    let (mw, mh) = (mask_size.width as usize, mask_size.height as usize);
+    let scaled;
+    let mask = if (w, h) == (mw, mh) {
+        &item.mask[..]
+    } else {
+        scaled = (0..h)
+            .flat_map(|y| (0..w).map(move |x| (y * mh / h) * mw + x * mw / w))
+            .map(|i| item.mask[i])
+            .collect::<Vec<u8>>();
+        &scaled[..]
+    };
+    crate::post::overlay(&mut rgb, mask, &info.palette, OVERLAY_ALPHA, info.void)
+        .expect("sized for the frame");
+    rgb
+}
+
 /// The frame resampled (nearest) to `size` as packed RGB.
 fn frame_rgb(item: &Segmented, size: Size) -> Vec<u8> {
     let frame = item.frame.frame();
@@ -408,12 +425,11 @@ impl Sink {
                             .expect("sized for the mask");
                         encode_png(&path, cx.mask_size, image::ExtendedColorType::Rgb8, &rgb)?
                     }
-                    PngKind::Overlay => encode_png(
-                        &path,
-                        cx.mask_size,
-                        image::ExtendedColorType::Rgb8,
-                        cx.overlay,
-                    )?,
+                    PngKind::Overlay => {
+                        let size = item.frame.size;
+                        let rgb = overlay_at(item, size, cx.info);
+                        encode_png(&path, size, image::ExtendedColorType::Rgb8, &rgb)?
+                    }
                     PngKind::Frame => {
                         let size = item.frame.size;
                         let rgb = frame_rgb(item, size);
@@ -568,18 +584,11 @@ pub fn stream(
                 *c += 1;
             }
         }
-        let mut overlay = Vec::new();
-        if need_overlay {
-            overlay = frame_rgb(item, mask_size);
-            crate::post::overlay(
-                &mut overlay,
-                &item.mask,
-                &info.palette,
-                OVERLAY_ALPHA,
-                info.void,
-            )
-            .expect("sized for the mask");
-        }
+        let overlay = if need_overlay {
+            overlay_at(item, mask_size, &info)
+        } else {
+            Vec::new()
+        };
         let mut jpeg = Vec::new();
         if need_jpeg {
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)

@@ -356,8 +356,10 @@ fn picture_sinks_write_what_they_promise() {
     let overlay = image::open(out.join("overlay/000000.png"))
         .unwrap()
         .into_rgb8();
-    // 220 * (255 - 120) / 255 + 255 * 120 / 255, rounded.
+    // At the frame's size; 220 * (255 - 120) / 255 + 255 * 120 / 255, rounded.
+    assert_eq!((overlay.width(), overlay.height()), (2 * W, 2 * H));
     assert_eq!(overlay.get_pixel(2, 2).0, [236, 16, 16]);
+    assert_eq!(overlay.get_pixel(2 * W - 3, 2).0, [16, 16, 236]);
     let frame = image::open(out.join("frames/000001.png"))
         .unwrap()
         .into_rgb8();

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod data;
+pub mod demo;
 pub mod error;
 pub mod eval;
 pub mod export;

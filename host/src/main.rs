@@ -21,6 +21,43 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole product in one command: synthetic road scenes (or --data), a
+    /// trained LinkNet, float, int8 and NNEF models, a drive streamed through
+    /// the on-board pipeline, and report.md / report.json with the numbers.
+    Demo {
+        /// Output folder (created; the demo's own files in it are replaced).
+        #[arg(long, default_value = "demo-out")]
+        out: PathBuf,
+        /// A dataset in the CamVid layout instead of synthetic scenes; its
+        /// validation pictures are then the streamed drive.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Training budget in minutes.
+        #[arg(long, default_value_t = 6.0, value_parser = parse_minutes)]
+        train_minutes: f64,
+        /// Model input size as WIDTHxHEIGHT.
+        #[arg(long, default_value = "256x192")]
+        size: Size,
+        /// Synthetic training scenes.
+        #[arg(long, default_value_t = 400)]
+        train_scenes: usize,
+        /// Synthetic validation scenes.
+        #[arg(long, default_value_t = 50)]
+        val_scenes: usize,
+        /// Frames of the streamed drive.
+        #[arg(long, default_value_t = 240)]
+        frames: u64,
+        /// Camera frame size of the synthetic drive.
+        #[arg(long, default_value = "640x480")]
+        camera: Size,
+        /// Seed of the scenes, the training and the drive.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// At the end, keep streaming the drive to a live view on this address
+        /// (such as 127.0.0.1:8080) until interrupted.
+        #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
+        serve: Option<String>,
+    },
     /// Write synthetic road scenes as a dataset in the CamVid layout
     /// (`train/`, `trainannot/`, `val/`, `valannot/`; labels are 8-bit class ids, 11 = void).
     Synth {
@@ -368,6 +405,69 @@ fn progress(len: usize, quiet: bool, what: &str) -> ProgressBar {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo {
+            out,
+            data,
+            train_minutes,
+            size,
+            train_scenes,
+            val_scenes,
+            frames,
+            camera,
+            seed,
+            serve,
+        } => {
+            let options = host::demo::DemoOptions {
+                out: out.clone(),
+                data,
+                train_minutes,
+                size,
+                scenes: (train_scenes, val_scenes),
+                frames,
+                camera,
+                seed,
+                quiet: cli.quiet,
+            };
+            let report = host::demo::run(&options, |line| eprintln!("{line}"))
+                .with_context(|| format!("running the demo into {}", out.display()))?;
+            println!(
+                "\nvalidation mIoU float {:.4}, int8 {:.4}; models {:.2} MB float, {:.2} MB int8; \
+                 drive {:.1} FPS ({:.1} ms per frame end to end)",
+                report.miou_float,
+                report.miou_int8,
+                report.model_bytes_float as f64 / 1e6,
+                report.model_bytes_int8 as f64 / 1e6,
+                report.fps,
+                report.latency_ms["total"].as_f64().unwrap_or(f64::NAN),
+            );
+            println!("wrote to {}:", out.display());
+            for file in host::demo::OUTPUTS {
+                println!("  {}", out.join(file).display());
+            }
+            println!(
+                "\nOn a Raspberry Pi (after `deploy/bundle.sh aarch64-unknown-linux-gnu {} edgeseg-pi.tar.gz`):\n{}",
+                out.join("model.int8.onnx").display(),
+                host::demo::pi_command("model.int8.onnx")
+            );
+            if let Some(addr) = serve {
+                let sink = firmware::sink::Sink::open(&format!("http:{addr}"))?;
+                if let firmware::sink::Sink::Http(view) = &sink {
+                    println!("\nlive view on http://{}/ (Ctrl-C to stop)", view.addr());
+                }
+                let source = match &options.data {
+                    None => format!("synthetic:{camera}"),
+                    Some(root) => format!("dir:{}", root.join("val").display()),
+                };
+                host::demo::stream(
+                    &out.join("model.onnx"),
+                    &source,
+                    seed,
+                    u64::MAX,
+                    vec![sink],
+                    &mut |line| eprintln!("{line}"),
+                )?;
+            }
+        }
         Command::Synth {
             out,
             train,
