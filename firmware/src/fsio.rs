@@ -5,6 +5,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// A temporary-file builder for files that end up as ordinary outputs: readable
+/// by others (0644 on Unix) rather than tempfile's private 0600.
+pub fn builder() -> tempfile::Builder<'static, 'static> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".edgeseg-");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    builder
+}
+
 /// Writes `bytes` to `path` atomically, creating the parent folder if needed.
 /// On failure, returns the path that could not be written and why.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, std::io::Error)> {
@@ -16,11 +26,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, std::io::
         move |e| (p.to_path_buf(), e)
     }
     std::fs::create_dir_all(dir).map_err(at(dir))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".edgeseg-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(at(dir))?;
+    let mut tmp = builder().suffix(".tmp").tempfile_in(dir).map_err(at(dir))?;
     tmp.write_all(bytes).map_err(at(tmp.path()))?;
     tmp.as_file().sync_data().map_err(at(tmp.path()))?;
     tmp.persist(path)
@@ -39,6 +45,12 @@ mod tests {
         write_atomic(&path, b"first").unwrap();
         write_atomic(&path, b"second").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o044, 0o044, "readable by others: {mode:o}");
+        }
         let leftovers = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary file is left behind");
         let blocked = path.join("below-a-file");

@@ -86,11 +86,9 @@ impl Segmenter {
         let classes = self.engine.info().num_classes();
         let logits = self.engine.run(&self.input)?;
         let inferred = Instant::now();
-        argmax(logits, classes, &mut self.mask).map_err(|e| {
-            EngineError::Model {
-                what: "the logits".into(),
-                message: e.to_string(),
-            }
+        argmax(logits, classes, &mut self.mask).map_err(|e| EngineError::Model {
+            what: "the logits".into(),
+            message: e.to_string(),
         })?;
         self.times = StageTimes {
             preprocess: preprocessed - started,

@@ -233,8 +233,7 @@ impl Sink {
                     _ => PathBuf::from("."),
                 };
                 std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
-                let tmp = tempfile::Builder::new()
-                    .prefix(".edgeseg-")
+                let tmp = crate::fsio::builder()
                     .suffix(".gif.tmp")
                     .tempfile_in(&dir)
                     .map_err(io_at(&dir))?;
@@ -280,10 +279,7 @@ impl Sink {
     }
 
     fn needs_overlay(&self) -> bool {
-        matches!(
-            self,
-            Sink::Gif(_) | Sink::Mjpeg { .. } | Sink::Http(_)
-        )
+        matches!(self, Sink::Gif(_) | Sink::Mjpeg { .. } | Sink::Http(_))
     }
 
     fn needs_jpeg(&self) -> bool {
@@ -358,10 +354,16 @@ fn encode_png(
     pixels: &[u8],
 ) -> Result<Vec<u8>, SinkError> {
     use image::ImageEncoder;
+    use image::codecs::png::CompressionType;
     let mut png = Vec::new();
     image::codecs::png::PngEncoder::new_with_quality(
         &mut png,
-        image::codecs::png::CompressionType::Fast,
+        // Masks compress well quickly; pictures are worth the time.
+        if color == image::ExtendedColorType::L8 {
+            CompressionType::Fast
+        } else {
+            CompressionType::Default
+        },
         image::codecs::png::FilterType::Adaptive,
     )
     .write_image(pixels, size.width, size.height, color)

@@ -45,7 +45,7 @@ impl Default for DemoOptions {
         DemoOptions {
             out: PathBuf::from("demo-out"),
             data: None,
-            train_minutes: 6.0,
+            train_minutes: 7.0,
             size: Size::new(256, 192),
             scenes: (400, 50),
             frames: 240,
@@ -265,7 +265,10 @@ pub fn run(options: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoRepor
         &serde_json::to_vec_pretty(&report).expect("serialisable"),
     )?;
     write_atomic(&out.join("report.md"), markdown(&report).as_bytes())?;
-    log(&format!("[5/5] report: {}", out.join("report.md").display()));
+    log(&format!(
+        "[5/5] report: {}",
+        out.join("report.md").display()
+    ));
     Ok(report)
 }
 
@@ -279,8 +282,7 @@ pub fn stream(
     log: &mut impl FnMut(&str),
 ) -> Result<StreamSummary> {
     let segmenter = Segmenter::load(model).map_err(|e| Error::Invalid(e.to_string()))?;
-    let source =
-        firmware::source::open(source, seed).map_err(|e| Error::Invalid(e.to_string()))?;
+    let source = firmware::source::open(source, seed).map_err(|e| Error::Invalid(e.to_string()))?;
     let options = StreamOptions {
         limit: frames,
         queue: 2,
@@ -402,6 +404,10 @@ pub fn markdown(r: &DemoReport) -> String {
     for stage in STAGES {
         let ms = r.latency_ms.get(stage).and_then(|v| v.as_f64());
         s += &format!("| {stage} | {:.2} |\n", ms.unwrap_or(f64::NAN));
+    }
+    if r.tract_ms[1] > 4.0 * r.tract_ms[0] && cfg!(target_arch = "x86_64") {
+        s += "\ntract's int8 matrix kernel for AVX2 is slow on some x86 CPUs (BENCHMARKS.md); \
+              the int8 model is meant for ARM boards, whose int8 kernels use SDOT.\n";
     }
     if r.data == SYNTHETIC {
         s += "\nCapture is the synthetic renderer drawing each frame (a camera delivers \

@@ -223,7 +223,7 @@ pub fn compare(model: &Model, onnx: &[u8], inputs: &[Vec<f32>], size: Size) -> R
         }
         let (burn_mask, tract_mask) = (
             crate::quantize::argmax(&burn, classes),
-            crate::quantize::argmax(&tract, classes),
+            crate::quantize::argmax(tract, classes),
         );
         agree += burn_mask
             .iter()

@@ -33,7 +33,7 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
         /// Training budget in minutes.
-        #[arg(long, default_value_t = 6.0, value_parser = parse_minutes)]
+        #[arg(long, default_value_t = 7.0, value_parser = parse_minutes)]
         train_minutes: f64,
         /// Model input size as WIDTHxHEIGHT.
         #[arg(long, default_value = "256x192")]
@@ -140,6 +140,10 @@ enum Command {
         /// Validation images on which tract's output is compared with Burn's.
         #[arg(long, default_value_t = 4)]
         check_images: usize,
+        /// Also write tract's NNEF translation of the model here (`.nnef.tgz`),
+        /// which a board loads without the ONNX translation step.
+        #[arg(long)]
+        nnef: Option<PathBuf>,
     },
     /// Quantise a float ONNX model to int8 that tract runs with integer kernels,
     /// then report per-class IoU float vs int8, pixel agreement, file sizes,
@@ -664,6 +668,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             weights,
             size,
             check_images,
+            nnef,
         } => {
             let dir = host::train::RunDir::new(&run);
             let report = host::export::export_run(&dir, &weights, size, &out, check_images)
@@ -699,6 +704,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "tract agrees with Burn on only {:.3}% of pixels; the export is wrong",
                     100.0 * a.argmax_agreement
                 );
+            }
+            if let Some(path) = nnef {
+                let bytes = model_export::nnef::write_nnef(&out, &path)?;
+                println!("wrote {} ({:.2} MB)", path.display(), bytes as f64 / 1e6);
             }
         }
     }

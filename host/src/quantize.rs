@@ -240,13 +240,13 @@ pub fn quantize_file(job: &QuantizeJob) -> Result<QuantReport> {
     for batch in batches(&source, &plan).take(job.eval_images) {
         let batch = batch?;
         let f = argmax(
-            &float
+            float
                 .run(&batch.images)
                 .map_err(|e| Error::Invalid(e.to_string()))?,
             classes,
         );
         let q = argmax(
-            &quant
+            quant
                 .run(&batch.images)
                 .map_err(|e| Error::Invalid(e.to_string()))?,
             classes,

@@ -703,7 +703,7 @@ pub(crate) mod tests {
                     .unwrap()
             };
             for p in 0..plane {
-                same += usize::from(arg(&a, p) == arg(&b, p));
+                same += usize::from(arg(a, p) == arg(b, p));
                 total += 1;
             }
         }

@@ -2,7 +2,8 @@
 
 usage: compare_masks.py DIR_A DIR_B [MIN_AGREEMENT]
 
-Every file of DIR_A must exist in DIR_B with the same size; prints the pixel
+Every file of DIR_A must exist in DIR_B with the same size (as NAME.png, or as
+NAME_mask.png the way `edgeseg predict` names masks); prints the pixel
 agreement of each pair and exits non-zero if any is below MIN_AGREEMENT (0.999).
 """
 
@@ -23,6 +24,8 @@ def main() -> int:
     worst = 1.0
     for a in files:
         b = b_dir / a.name
+        if not b.exists():
+            b = b_dir / f"{a.stem}_mask.png"
         if not b.exists():
             print(f"{b}: missing", file=sys.stderr)
             return 1

@@ -83,7 +83,7 @@ fn exported_runs_pass_the_reference_checks() {
         let logits = engine.run(&input).unwrap();
         let (x, y) = (dir.path().join("x.f32"), dir.path().join("y.f32"));
         std::fs::write(&x, f32_bytes(&input)).unwrap();
-        std::fs::write(&y, f32_bytes(&logits)).unwrap();
+        std::fs::write(&y, f32_bytes(logits)).unwrap();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/check_onnx.py");
         let output = Command::new(python)
             .arg(script)

@@ -1,4 +1,6 @@
 //! edgeseg integration tests: one binary, one module per area.
 
+mod e2e;
 mod export;
+mod readme;
 mod synth;
