@@ -272,13 +272,8 @@ fn bilinear_sample(frame: &Frame<'_>, ox: usize, oy: usize, sx: f32, sy: f32) ->
 #[inline]
 fn area_sample(frame: &Frame<'_>, ox: usize, oy: usize, sx: f32, sy: f32) -> [f32; 3] {
     let (fw, fh) = (frame.size.width as usize, frame.size.height as usize);
-    let span = |o: usize, s: f32, n: usize| {
-        let lo = (libm::roundf(o as f32 * s) as usize).min(n - 1);
-        let hi = (libm::roundf((o + 1) as f32 * s) as usize).clamp(lo + 1, n);
-        (lo, hi)
-    };
-    let (x0, x1) = span(ox, sx, fw);
-    let (y0, y1) = span(oy, sy, fh);
+    let (x0, x1) = area_span(ox, sx, fw);
+    let (y0, y1) = area_span(oy, sy, fh);
     let mut sum = [0u32; 3];
     for y in y0..y1 {
         for x in x0..x1 {
@@ -290,6 +285,220 @@ fn area_sample(frame: &Frame<'_>, ox: usize, oy: usize, sx: f32, sy: f32) -> [f3
     }
     let n = ((x1 - x0) * (y1 - y0)) as f32;
     sum.map(|s| s as f32 / n)
+}
+
+/// The pixels of row `y` of `frame` as packed RGB into `out` (`3 * width`
+/// bytes), with the format decided once per row rather than per pixel.
+pub fn row_rgb(frame: &Frame<'_>, y: usize, out: &mut [u8]) {
+    let w = frame.size.width as usize;
+    let (s, d) = (frame.stride, frame.data);
+    let out = &mut out[..3 * w];
+    match frame.format {
+        PixelFormat::Rgb8 => out.copy_from_slice(&d[y * s..][..3 * w]),
+        PixelFormat::Bgr8 => {
+            for (o, p) in out
+                .chunks_exact_mut(3)
+                .zip(d[y * s..][..3 * w].chunks_exact(3))
+            {
+                o.copy_from_slice(&[p[2], p[1], p[0]]);
+            }
+        }
+        PixelFormat::Rgba8 => {
+            for (o, p) in out
+                .chunks_exact_mut(3)
+                .zip(d[y * s..][..4 * w].chunks_exact(4))
+            {
+                o.copy_from_slice(&p[..3]);
+            }
+        }
+        PixelFormat::Gray8 => {
+            for (o, &v) in out.chunks_exact_mut(3).zip(&d[y * s..][..w]) {
+                o.copy_from_slice(&[v, v, v]);
+            }
+        }
+        PixelFormat::I420 => {
+            let h = frame.size.height as usize;
+            let (cs, ch) = (s / 2, h.div_ceil(2));
+            let luma = &d[y * s..][..w];
+            let u = &d[s * h + (y / 2) * cs..][..w.div_ceil(2)];
+            let v = &d[s * h + cs * ch + (y / 2) * cs..][..w.div_ceil(2)];
+            for (x, (o, &l)) in out.chunks_exact_mut(3).zip(luma).enumerate() {
+                o.copy_from_slice(&yuv_to_rgb(l, u[x / 2], v[x / 2]));
+            }
+        }
+        PixelFormat::Nv12 => {
+            let h = frame.size.height as usize;
+            let luma = &d[y * s..][..w];
+            let uv = &d[s * h + (y / 2) * s..][..2 * w.div_ceil(2)];
+            for (x, (o, &l)) in out.chunks_exact_mut(3).zip(luma).enumerate() {
+                o.copy_from_slice(&yuv_to_rgb(l, uv[x / 2 * 2], uv[x / 2 * 2 + 1]));
+            }
+        }
+        PixelFormat::Yuyv => {
+            let row = &d[y * s..][..4 * w.div_ceil(2)];
+            for (x, o) in out.chunks_exact_mut(3).enumerate() {
+                let pair = (x / 2) * 4;
+                o.copy_from_slice(&yuv_to_rgb(
+                    row[pair + 2 * (x % 2)],
+                    row[pair + 1],
+                    row[pair + 3],
+                ));
+            }
+        }
+    }
+}
+
+/// [`preprocess`] with tables and row buffers kept between frames: each source
+/// row is converted to RGB once (not once per sample), and the per-column
+/// positions and weights are computed once per frame size. Same results as
+/// [`preprocess`], bit for bit; no allocation once the frame size is known.
+#[cfg(feature = "alloc")]
+#[derive(Clone, Debug, Default)]
+pub struct Preprocessor {
+    key: Option<(Size, Size)>,
+    /// Bilinear: left column and weight of the right one; area: column span.
+    columns: alloc::vec::Vec<(u32, u32, f32)>,
+    /// Two converted source rows.
+    rows: alloc::vec::Vec<u8>,
+    held: [usize; 2],
+    /// Area: per-column channel sums.
+    sums: alloc::vec::Vec<u32>,
+}
+
+#[cfg(feature = "alloc")]
+impl Preprocessor {
+    /// An empty preprocessor; its buffers grow on the first frame.
+    pub fn new() -> Preprocessor {
+        Preprocessor::default()
+    }
+
+    fn prepare(&mut self, frame: Size, out: Size) {
+        self.held = [usize::MAX; 2];
+        if self.key == Some((frame, out)) {
+            return;
+        }
+        let (fw, ow) = (frame.width as usize, out.width as usize);
+        let sx = fw as f32 / ow as f32;
+        let sy = frame.height as f32 / out.height as f32;
+        self.columns.clear();
+        if sx > 2.0 && sy > 2.0 {
+            self.columns.extend((0..ow).map(|ox| {
+                let (lo, hi) = area_span(ox, sx, fw);
+                (lo as u32, hi as u32, 0.0)
+            }));
+        } else {
+            self.columns.extend((0..ow).map(|ox| {
+                let x = ((ox as f32 + 0.5) * sx - 0.5).max(0.0);
+                let x0 = (x as usize).min(fw - 1);
+                (x0 as u32, (x0 + 1).min(fw - 1) as u32, x - x0 as f32)
+            }));
+        }
+        self.rows.resize(2 * 3 * fw, 0);
+        self.sums.resize(3 * ow, 0);
+        self.key = Some((frame, out));
+    }
+
+    /// The slot holding source row `y`, converting it into a slot other than
+    /// `keep` if it is not held yet.
+    fn row(&mut self, frame: &Frame<'_>, y: usize, keep: usize) -> usize {
+        if let Some(slot) = self.held.iter().position(|&h| h == y) {
+            return slot;
+        }
+        let slot = if self.held[0] == keep { 1 } else { 0 };
+        let n = 3 * frame.size.width as usize;
+        row_rgb(frame, y, &mut self.rows[slot * n..][..n]);
+        self.held[slot] = y;
+        slot
+    }
+
+    /// Like [`preprocess`]: resizes `frame` to `out_size` and writes normalised
+    /// planar RGB into `out`.
+    pub fn run(
+        &mut self,
+        frame: &Frame<'_>,
+        out_size: Size,
+        norm: &Normalization,
+        out: &mut [f32],
+    ) -> Result<(), Error> {
+        let (ow, oh) = (out_size.width as usize, out_size.height as usize);
+        if ow == 0 || oh == 0 {
+            return Err(Error::ZeroSize);
+        }
+        if out.len() != 3 * ow * oh {
+            return Err(Error::BufferSize {
+                expected: 3 * ow * oh,
+                actual: out.len(),
+            });
+        }
+        self.prepare(frame.size, out_size);
+        let (fw, fh) = (frame.size.width as usize, frame.size.height as usize);
+        let (sx, sy) = (fw as f32 / ow as f32, fh as f32 / oh as f32);
+        let affine = norm.affine();
+        let plane = ow * oh;
+        let n = 3 * fw;
+        if sx > 2.0 && sy > 2.0 {
+            for oy in 0..oh {
+                let (y0, y1) = area_span(oy, sy, fh);
+                self.sums.fill(0);
+                for y in y0..y1 {
+                    row_rgb(frame, y, &mut self.rows[..n]);
+                    let row = &self.rows[..n];
+                    for (&(lo, hi, _), sum) in
+                        self.columns.iter().zip(self.sums.chunks_exact_mut(3))
+                    {
+                        for p in row[3 * lo as usize..3 * hi as usize].chunks_exact(3) {
+                            for c in 0..3 {
+                                sum[c] += p[c] as u32;
+                            }
+                        }
+                    }
+                }
+                for (ox, (&(lo, hi, _), sum)) in self
+                    .columns
+                    .iter()
+                    .zip(self.sums.chunks_exact(3))
+                    .enumerate()
+                {
+                    let count = ((hi - lo) as usize * (y1 - y0)) as f32;
+                    for c in 0..3 {
+                        out[c * plane + oy * ow + ox] =
+                            sum[c] as f32 / count * affine[c].0 + affine[c].1;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        for oy in 0..oh {
+            let y = ((oy as f32 + 0.5) * sy - 0.5).max(0.0);
+            let y0 = (y as usize).min(fh - 1);
+            let y1 = (y0 + 1).min(fh - 1);
+            let ay = y - y0 as f32;
+            let top = self.row(frame, y0, usize::MAX);
+            let bottom = self.row(frame, y1, y0);
+            let (r0, r1) = (&self.rows[top * n..][..n], &self.rows[bottom * n..][..n]);
+            for (ox, &(x0, x1, ax)) in self.columns.iter().enumerate() {
+                let (x0, x1) = (3 * x0 as usize, 3 * x1 as usize);
+                let i = oy * ow + ox;
+                for c in 0..3 {
+                    let (p00, p10) = (r0[x0 + c] as f32, r0[x1 + c] as f32);
+                    let (p01, p11) = (r1[x0 + c] as f32, r1[x1 + c] as f32);
+                    let t = p00 + (p10 - p00) * ax;
+                    let b = p01 + (p11 - p01) * ax;
+                    out[c * plane + i] = (t + (b - t) * ay) * affine[c].0 + affine[c].1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The source pixels `[lo, hi)` whose centres fall in output pixel `o` when
+/// downscaling by `s` along an axis of `n` pixels.
+#[inline]
+fn area_span(o: usize, s: f32, n: usize) -> (usize, usize) {
+    let lo = (libm::roundf(o as f32 * s) as usize).min(n - 1);
+    let hi = (libm::roundf((o + 1) as f32 * s) as usize).clamp(lo + 1, n);
+    (lo, hi)
 }
 
 #[cfg(test)]
@@ -409,6 +618,31 @@ mod tests {
                         let d = (got[c] as i32 - want[c] as i32).abs();
                         prop_assert!(d <= tolerance, "{format:?} ({x},{y}) c{c}: {got:?} vs {want:?}");
                     }
+                }
+            }
+        }
+
+        /// The row-caching preprocessor gives exactly what `preprocess` gives, for
+        /// every format, padded strides, upscales, bilinear and area downscales,
+        /// one instance reused across frame sizes.
+        #[cfg(feature = "alloc")]
+        #[test]
+        fn preprocessor_equals_preprocess(w in 1usize..120, h in 1usize..90, ow in 1usize..40, oh in 1usize..30, pad in 0usize..9, seed: u64) {
+            let norm = Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+            let out_size = Size::new(ow as u32, oh as u32);
+            let mut pre = Preprocessor::new();
+            for format in ALL {
+                let w = if format == PixelFormat::Yuyv { w.next_multiple_of(2) } else { w };
+                let rgb = image(w, h, seed);
+                let stride = (w * format.bytes_per_pixel() + pad).next_multiple_of(2);
+                let bytes = encode(&rgb, w, h, format, stride);
+                let frame = Frame::new(format, Size::new(w as u32, h as u32), stride, &bytes).unwrap();
+                let mut want = vec![0.0; 3 * ow * oh];
+                preprocess(&frame, out_size, &norm, &mut want).unwrap();
+                for _ in 0..2 {
+                    let mut got = vec![1.0; 3 * ow * oh];
+                    pre.run(&frame, out_size, &norm, &mut got).unwrap();
+                    prop_assert_eq!(&got, &want, "{:?}", format);
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::Size;
 use crate::engine::{Engine, EngineError};
-use crate::frame::{Frame, Normalization, preprocess};
+use crate::frame::{Frame, Normalization, Preprocessor};
 use crate::model_info::ModelInfo;
 use crate::post::argmax;
 
@@ -26,6 +26,7 @@ pub struct StageTimes {
 pub struct Segmenter {
     engine: Engine,
     norm: Normalization,
+    preprocessor: Preprocessor,
     input: Vec<f32>,
     mask: Vec<u8>,
     times: StageTimes,
@@ -47,6 +48,7 @@ impl Segmenter {
                 mean: info.mean,
                 std: info.std,
             },
+            preprocessor: Preprocessor::new(),
             input: vec![0.0; 3 * area],
             mask: vec![0; area],
             times: StageTimes::default(),
@@ -78,10 +80,12 @@ impl Segmenter {
     pub fn segment(&mut self, frame: &Frame<'_>) -> Result<(), EngineError> {
         let started = Instant::now();
         let size = self.mask_size();
-        preprocess(frame, size, &self.norm, &mut self.input).map_err(|e| EngineError::Model {
-            what: "preprocessing".into(),
-            message: e.to_string(),
-        })?;
+        self.preprocessor
+            .run(frame, size, &self.norm, &mut self.input)
+            .map_err(|e| EngineError::Model {
+                what: "preprocessing".into(),
+                message: e.to_string(),
+            })?;
         let preprocessed = Instant::now();
         let classes = self.engine.info().num_classes();
         let logits = self.engine.run(&self.input)?;
