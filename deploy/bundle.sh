@@ -33,7 +33,8 @@ if [ -z "$source_spec" ]; then
     # Raw YUV 4:2:0 from the Pi camera at four times the model's input size.
     w=${size%x*} h=${size#*x}
     w=$((w * 4 > 1920 ? 1920 : w * 4)) h=$((h * 4 > 1080 ? 1080 : h * 4))
-    exec_line="/bin/sh -c 'rpicam-vid -t 0 -n --codec yuv420 --width $w --height $h -o - | /opt/edgeseg/edgeseg-run --model /opt/edgeseg/model.onnx --source stdin:yuv420:${w}x${h}${sink_args}'"
+    # edgeseg-run starts the camera itself and restarts it with backoff if it goes away.
+    exec_line="/opt/edgeseg/edgeseg-run --model /opt/edgeseg/model.onnx --source stdin:yuv420:${w}x${h} --exec \"rpicam-vid -t 0 -n --codec yuv420 --width $w --height $h -o -\"${sink_args}"
 else
     exec_line="/opt/edgeseg/edgeseg-run --model /opt/edgeseg/model.onnx --source $source_spec${sink_args}"
 fi

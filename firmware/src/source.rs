@@ -78,6 +78,17 @@ pub struct SourceStats {
     pub corrupt: u64,
     /// Bytes of an incomplete last frame, dropped at the end of the stream.
     pub truncated_bytes: u64,
+    /// Times a camera that went away was reopened ([`Reopening`]).
+    pub reopened: u64,
+}
+
+impl SourceStats {
+    fn add(&mut self, other: SourceStats) {
+        self.frames += other.frames;
+        self.corrupt += other.corrupt;
+        self.truncated_bytes += other.truncated_bytes;
+        self.reopened += other.reopened;
+    }
 }
 
 /// A stream of frames.
@@ -376,6 +387,253 @@ impl FrameSource for SyntheticSource {
     }
 }
 
+/// How long [`Reopening`] waits before reopening: doubling from `min` to
+/// `max` while attempts keep failing, back to `min` after a frame arrives.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    /// First wait.
+    pub min: std::time::Duration,
+    /// Longest wait.
+    pub max: std::time::Duration,
+    /// Consecutive failures (no frame in between) before giving up; `None`
+    /// for never.
+    pub give_up_after: Option<u32>,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            min: std::time::Duration::from_millis(250),
+            max: std::time::Duration::from_secs(10),
+            give_up_after: None,
+        }
+    }
+}
+
+/// Opens a camera source again and again.
+pub type Opener = Box<dyn FnMut() -> Result<Box<dyn FrameSource>, SourceError> + Send>;
+
+/// A camera that may go away (a process that exits, a device unplugged): when
+/// the stream ends or fails, or cannot be opened, it is reopened after a
+/// [`Backoff`], and frames carry on. Each reopening is reported through the
+/// callback and counted in [`SourceStats::reopened`].
+pub struct Reopening {
+    open: Opener,
+    inner: Option<Box<dyn FrameSource>>,
+    frame: OwnedFrame,
+    backoff: Backoff,
+    wait: std::time::Duration,
+    failures: u32,
+    past: SourceStats,
+    report: Box<dyn FnMut(&str) + Send>,
+    sleep: fn(std::time::Duration),
+}
+
+impl std::fmt::Debug for Reopening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reopening")
+            .field("backoff", &self.backoff)
+            .field("failures", &self.failures)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reopening {
+    /// A source that calls `open` for the camera and again whenever it goes
+    /// away; `report` hears a line each time.
+    pub fn new(open: Opener, backoff: Backoff, report: Box<dyn FnMut(&str) + Send>) -> Reopening {
+        Reopening {
+            open,
+            inner: None,
+            frame: OwnedFrame {
+                format: PixelFormat::Rgb8,
+                size: Size::new(0, 0),
+                stride: 0,
+                data: Vec::new(),
+            },
+            backoff,
+            wait: backoff.min,
+            failures: 0,
+            past: SourceStats::default(),
+            report,
+            sleep: std::thread::sleep,
+        }
+    }
+
+    /// Replaces the sleep between attempts (tests record it instead).
+    pub fn with_sleep(mut self, sleep: fn(std::time::Duration)) -> Self {
+        self.sleep = sleep;
+        self
+    }
+
+    /// Counts a failure, gives up if there were too many, else waits.
+    fn failed(&mut self, why: String) -> Result<(), SourceError> {
+        if let Some(inner) = self.inner.take() {
+            self.past.add(inner.stats());
+        }
+        self.failures += 1;
+        if self
+            .backoff
+            .give_up_after
+            .is_some_and(|n| self.failures > n)
+        {
+            return Err(SourceError::Io {
+                what: "camera".into(),
+                source: std::io::Error::other(format!(
+                    "{why}; giving up after {} attempts without a frame",
+                    self.failures
+                )),
+            });
+        }
+        (self.report)(&format!(
+            "camera: {why}; reopening in {:.2} s",
+            self.wait.as_secs_f64()
+        ));
+        (self.sleep)(self.wait);
+        self.wait = (self.wait * 2).min(self.backoff.max);
+        self.past.reopened += 1;
+        Ok(())
+    }
+}
+
+impl FrameSource for Reopening {
+    fn next_frame(&mut self) -> Result<Option<&OwnedFrame>, SourceError> {
+        loop {
+            let inner = match &mut self.inner {
+                Some(inner) => inner,
+                None => match (self.open)() {
+                    Ok(inner) => self.inner.insert(inner),
+                    Err(e) => {
+                        self.failed(format!("cannot open: {e}"))?;
+                        continue;
+                    }
+                },
+            };
+            match inner.next_frame() {
+                Ok(Some(frame)) => {
+                    // Copied into our own buffer (no allocation once sized), so
+                    // the camera can be replaced while the frame is in use.
+                    self.frame.format = frame.format;
+                    self.frame.size = frame.size;
+                    self.frame.stride = frame.stride;
+                    self.frame.data.clear();
+                    self.frame.data.extend_from_slice(&frame.data);
+                    self.failures = 0;
+                    self.wait = self.backoff.min;
+                    return Ok(Some(&self.frame));
+                }
+                Ok(None) => self.failed("the stream ended".into())?,
+                Err(e) => self.failed(e.to_string())?,
+            }
+        }
+    }
+
+    fn stats(&self) -> SourceStats {
+        let mut stats = self.past;
+        if let Some(inner) = &self.inner {
+            stats.add(inner.stats());
+        }
+        stats
+    }
+
+    fn is_live(&self) -> bool {
+        true
+    }
+}
+
+/// The standard output of a camera command (`rpicam-vid ... -o -`), killed
+/// when dropped.
+#[derive(Debug)]
+pub struct CommandOutput {
+    child: std::process::Child,
+    stdout: std::process::ChildStdout,
+}
+
+impl CommandOutput {
+    /// Runs `command` with `sh -c`, its standard output piped to us.
+    pub fn spawn(command: &str) -> Result<CommandOutput, SourceError> {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", command])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| SourceError::Io {
+                what: format!("running {command:?}"),
+                source,
+            })?;
+        let stdout = child.stdout.take().expect("piped");
+        Ok(CommandOutput { child, stdout })
+    }
+}
+
+impl Read for CommandOutput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stdout.read(buf)
+    }
+}
+
+impl Drop for CommandOutput {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Opens a source whose bytes come from a camera command instead of standard
+/// input (`stdin:FORMAT:WxH` or `mjpeg:-` specs), restarting the command with
+/// [`Backoff`] whenever it exits; `report` hears each restart.
+pub fn open_command(
+    spec: &str,
+    command: &str,
+    backoff: Backoff,
+    report: Box<dyn FnMut(&str) + Send>,
+) -> Result<Box<dyn FrameSource>, SourceError> {
+    let bad = |what: &str| SourceError::Spec {
+        spec: spec.into(),
+        what: what.into(),
+    };
+    let parts: Vec<&str> = spec.splitn(3, ':').collect();
+    let reader: Box<dyn Fn(CommandOutput) -> Box<dyn FrameSource> + Send> = match parts[..] {
+        ["stdin", format, size] => {
+            let format = parse_format(format).ok_or_else(|| bad(FORMATS))?;
+            let size = size
+                .parse::<Size>()
+                .map_err(|e| bad(&format!("{size:?} is not a size: {e}")))?;
+            let what = format!("{command:?}");
+            Box::new(move |out| Box::new(RawSource::new(out, format, size, &what).live(true)))
+        }
+        ["mjpeg", "-"] => {
+            let what = format!("{command:?}");
+            Box::new(move |out| {
+                Box::new(MjpegSource::new(std::io::BufReader::new(out), &what).live(true))
+            })
+        }
+        _ => {
+            return Err(bad(
+                "a camera command feeds stdin:FORMAT:WxH or mjpeg:- sources",
+            ));
+        }
+    };
+    let command = command.to_string();
+    let open: Opener = Box::new(move || Ok(reader(CommandOutput::spawn(&command)?)));
+    Ok(Box::new(Reopening::new(open, backoff, report)))
+}
+
+const FORMATS: &str = "formats: rgb, bgr, yuv420, nv12, yuyv, gray";
+
+fn parse_format(name: &str) -> Option<PixelFormat> {
+    Some(match name {
+        "rgb" => PixelFormat::Rgb8,
+        "bgr" => PixelFormat::Bgr8,
+        "yuv420" | "i420" => PixelFormat::I420,
+        "nv12" => PixelFormat::Nv12,
+        "yuyv" => PixelFormat::Yuyv,
+        "gray" => PixelFormat::Gray8,
+        _ => return None,
+    })
+}
+
 /// Opens a source from its command-line description:
 /// `synthetic[:WxH]`, `stdin:rgb:WxH`, `stdin:yuv420:WxH`, `stdin:nv12:WxH`,
 /// `stdin:yuyv:WxH`, `mjpeg:PATH` or `mjpeg:-`, `dir:PATH`.
@@ -393,15 +651,7 @@ pub fn open(spec: &str, seed: u64) -> Result<Box<dyn FrameSource>, SourceError> 
         ["synthetic"] => Ok(Box::new(SyntheticSource::new(Size::new(480, 360), seed))),
         ["synthetic", s] => Ok(Box::new(SyntheticSource::new(size(s)?, seed))),
         ["stdin", format, s] => {
-            let format = match format {
-                "rgb" => PixelFormat::Rgb8,
-                "bgr" => PixelFormat::Bgr8,
-                "yuv420" | "i420" => PixelFormat::I420,
-                "nv12" => PixelFormat::Nv12,
-                "yuyv" => PixelFormat::Yuyv,
-                "gray" => PixelFormat::Gray8,
-                _ => return Err(bad("formats: rgb, bgr, yuv420, nv12, yuyv, gray")),
-            };
+            let format = parse_format(format).ok_or_else(|| bad(FORMATS))?;
             Ok(Box::new(
                 RawSource::new(std::io::stdin(), format, size(s)?, "standard input").live(true),
             ))
@@ -435,6 +685,65 @@ mod tests {
         let (mut rgb, mut labels) = (vec![0; 3 * (w * h) as usize], vec![0; (w * h) as usize]);
         crate::synth::render_scene(seed, w as usize, h as usize, &mut rgb, &mut labels).unwrap();
         image::RgbImage::from_raw(w, h, rgb).unwrap()
+    }
+
+    /// A camera that fails to open, ends, comes back and then is gone for
+    /// good: frames carry on, waits double and reset, and it gives up when told.
+    #[test]
+    fn reopening_backs_off_and_carries_on() {
+        use std::sync::Mutex;
+        use std::time::Duration;
+        static SLEPT: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
+        let size = Size::new(8, 6);
+        let frame_len = PixelFormat::I420.frame_len(6, PixelFormat::I420.camera_stride(8));
+        let mut calls = 0;
+        let open: Opener = Box::new(move || {
+            calls += 1;
+            let frames = match calls {
+                2 => 2,
+                3 => 1,
+                _ => {
+                    return Err(SourceError::Io {
+                        what: "camera".into(),
+                        source: std::io::ErrorKind::NotFound.into(),
+                    });
+                }
+            };
+            let bytes: Vec<u8> = (0..frames * frame_len).map(|i| (i % 200) as u8).collect();
+            let raw = RawSource::new(std::io::Cursor::new(bytes), PixelFormat::I420, size, "cam");
+            Ok(Box::new(raw) as Box<dyn FrameSource>)
+        });
+        let lines = std::sync::Arc::new(Mutex::new(Vec::<String>::new()));
+        let report = {
+            let lines = lines.clone();
+            Box::new(move |l: &str| lines.lock().unwrap().push(l.to_string()))
+        };
+        let backoff = Backoff {
+            give_up_after: Some(3),
+            ..Backoff::default()
+        };
+        let mut source =
+            Reopening::new(open, backoff, report).with_sleep(|d| SLEPT.lock().unwrap().push(d));
+        for _ in 0..3 {
+            let frame = source.next_frame().unwrap().unwrap();
+            assert_eq!((frame.size, frame.data.len()), (size, frame_len));
+        }
+        let err = source.next_frame().unwrap_err().to_string();
+        assert!(err.contains("giving up after 4 attempts"), "{err}");
+        let ms: Vec<u128> = SLEPT
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_millis())
+            .collect();
+        assert_eq!(ms, [250, 250, 250, 500, 1000]);
+        let stats = source.stats();
+        assert_eq!((stats.frames, stats.reopened), (3, 5));
+        let lines = lines.lock().unwrap();
+        assert!(
+            lines[0].contains("cannot open") && lines[1].contains("ended"),
+            "{lines:?}"
+        );
     }
 
     #[test]

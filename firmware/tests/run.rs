@@ -392,3 +392,61 @@ fn picture_sinks_write_what_they_promise() {
     );
     assert!(!ok && stderr.contains("bogus:x"), "{stderr}");
 }
+
+/// `--exec`: the camera command is started again each time it exits, and
+/// frames carry on across the restarts.
+#[test]
+fn a_camera_command_that_exits_is_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    write_model(&model);
+    // Two frames per run of the "camera".
+    let frame = halves();
+    let raw = dir.path().join("two.rgb");
+    std::fs::write(&raw, [frame.as_raw().as_slice(), frame.as_raw()].concat()).unwrap();
+    let exec = format!("cat {}", raw.display());
+    let source = format!("stdin:rgb:{W}x{H}");
+    let (stdout, stderr, ok) = run(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--source",
+            &source,
+            "--exec",
+            &exec,
+            "--frames",
+            "5",
+            "--queue",
+            "16",
+            "--sink",
+            "jsonl:-",
+        ],
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    check_lines(&stdout, 5);
+    assert!(
+        stderr.contains("camera: the stream ended; reopening in 0.25 s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("restarted 2 times"), "{stderr}");
+
+    // A command that never delivers gives up when told to.
+    let (_, stderr, ok) = run(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--source",
+            &source,
+            "--exec",
+            "exit 3",
+            "--max-restarts",
+            "1",
+        ],
+        &[],
+    );
+    assert!(
+        !ok && stderr.contains("giving up after 2 attempts"),
+        "{stderr}"
+    );
+}

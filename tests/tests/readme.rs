@@ -122,8 +122,14 @@ fn small_edgeseg(mut args: Vec<String>) -> Vec<String> {
     args
 }
 
-/// `edgeseg-run` arguments at small sizes: a few frames, local addresses.
-fn small_run(mut args: Vec<String>) -> Vec<String> {
+/// `edgeseg-run` arguments at small sizes: a few frames, local addresses, and
+/// a camera command (`--exec`) replaced by one that plays frames of its format.
+fn small_run(mut args: Vec<String>, cwd: &Path) -> Vec<String> {
+    if let Some(i) = args.iter().position(|a| a == "--exec") {
+        let recorded = cwd.join("camera.raw");
+        std::fs::write(&recorded, camera_bytes(&words(&args[i + 1]))).unwrap();
+        args[i + 1] = format!("cat {}", recorded.display());
+    }
     for a in args.iter_mut() {
         if a.starts_with("http:") {
             *a = "http:127.0.0.1:0".into();
@@ -283,7 +289,7 @@ fn the_readme_commands_run() {
                 };
                 run(
                     &edgeseg_run,
-                    &small_run(last[1..].to_vec()),
+                    &small_run(last[1..].to_vec(), cwd),
                     cwd,
                     stdin,
                     command,

@@ -61,6 +61,16 @@ struct Cli {
     /// Seed of the synthetic drive.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Run this camera command (with `sh -c`) and read its output instead of
+    /// standard input, for `stdin:FORMAT:WxH` and `mjpeg:-` sources; when it
+    /// exits or fails (a camera unplugged, a crash), start it again after a
+    /// wait that doubles from 0.25 s up to 10 s.
+    /// Example: --exec "rpicam-vid -t 0 -n --codec yuv420 --width 640 --height 480 -o -"
+    #[arg(long)]
+    exec: Option<String>,
+    /// With --exec: give up after this many restarts in a row without a frame.
+    #[arg(long, requires = "exec")]
+    max_restarts: Option<u32>,
 }
 
 fn parse_source(s: &str) -> anyhow::Result<Size> {
@@ -107,7 +117,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{json}");
         return Ok(());
     }
-    let source = firmware::source::open(&cli.source, cli.seed)?;
+    let source = match &cli.exec {
+        None => firmware::source::open(&cli.source, cli.seed)?,
+        Some(command) => {
+            let backoff = firmware::source::Backoff {
+                give_up_after: cli.max_restarts,
+                ..Default::default()
+            };
+            firmware::source::open_command(
+                &cli.source,
+                command,
+                backoff,
+                Box::new(|line| eprintln!("{line}")),
+            )?
+        }
+    };
     let sinks = cli
         .sink
         .iter()
@@ -142,12 +166,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     eprintln!("{}", summary.stats.line(summary.elapsed));
     let totals = summary.totals;
     eprintln!(
-        "{} frames captured, {} processed, {} dropped; {} corrupt frames skipped; {} bytes of an incomplete last frame dropped",
+        "{} frames captured, {} processed, {} dropped; {} corrupt frames skipped; {} bytes of an incomplete last frame dropped; camera restarted {} times",
         totals.captured,
         totals.processed,
         totals.dropped,
         totals.source.corrupt,
-        totals.source.truncated_bytes
+        totals.source.truncated_bytes,
+        totals.source.reopened
     );
     Ok(())
 }
