@@ -51,3 +51,37 @@ impl fmt::Display for Error {
 }
 
 impl core::error::Error for Error {}
+
+/// `error: cause: cause ...` on one line, leaving out a cause whose text the
+/// message already holds (errors that print their source and also return it
+/// from `source()` would otherwise say it twice).
+#[cfg(feature = "alloc")]
+pub fn chain_message(error: &(dyn core::error::Error + 'static)) -> alloc::string::String {
+    use alloc::string::ToString;
+    let mut out = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out += ": ";
+            out += &text;
+        }
+        cause = e.source();
+    }
+    out
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    #[test]
+    fn causes_are_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = crate::source::SourceError::Io {
+            what: "/dev/video0".into(),
+            source: io,
+        };
+        let wrapped = anyhow::Error::new(e).context("opening the camera");
+        let line = super::chain_message(wrapped.as_ref());
+        assert_eq!(line, "opening the camera: /dev/video0: entity not found");
+    }
+}

@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 use crate::Size;
 use crate::frame::{Frame, PixelFormat};
 
+#[cfg(feature = "v4l2")]
+mod v4l2;
+#[cfg(feature = "v4l2")]
+pub use v4l2::V4l2Source;
+
 /// Why a source failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -620,6 +625,53 @@ pub fn open_command(
     Ok(Box::new(Reopening::new(open, backoff, report)))
 }
 
+/// Opens a camera that is reopened with `backoff` when it goes away:
+/// `v4l2:/dev/videoN[:WxH]` (640x480 unless given; needs the `v4l2` cargo
+/// feature), or any `stdin:FORMAT:WxH` / `mjpeg:-` spec fed by the camera
+/// command `exec` (see [`open_command`]); `report` hears each reopening.
+pub fn open_camera(
+    spec: &str,
+    exec: Option<&str>,
+    backoff: Backoff,
+    report: Box<dyn FnMut(&str) + Send>,
+) -> Result<Box<dyn FrameSource>, SourceError> {
+    if let Some(command) = exec {
+        return open_command(spec, command, backoff, report);
+    }
+    let bad = |what: &str| SourceError::Spec {
+        spec: spec.into(),
+        what: what.into(),
+    };
+    let parts: Vec<&str> = spec.splitn(3, ':').collect();
+    let (path, size) = match parts[..] {
+        ["v4l2", path] => (path.to_string(), Size::new(640, 480)),
+        ["v4l2", path, size] => (
+            path.to_string(),
+            size.parse::<Size>()
+                .map_err(|e| bad(&format!("{size:?} is not a size: {e}")))?,
+        ),
+        _ => return open(spec, 0),
+    };
+    #[cfg(feature = "v4l2")]
+    {
+        // Fail now, not in a loop, if the device is not there at all.
+        let first = V4l2Source::open(&path, size)?;
+        let mut first = Some(first);
+        let open: Opener = Box::new(move || match first.take() {
+            Some(source) => Ok(Box::new(source) as Box<dyn FrameSource>),
+            None => Ok(Box::new(V4l2Source::open(&path, size)?)),
+        });
+        Ok(Box::new(Reopening::new(open, backoff, report)))
+    }
+    #[cfg(not(feature = "v4l2"))]
+    {
+        let _ = (path, size, backoff, report);
+        Err(bad(
+            "this build has no V4L2 support: build edgeseg-run with `--features v4l2`, or pipe the camera through ffmpeg into stdin:FORMAT:WxH",
+        ))
+    }
+}
+
 const FORMATS: &str = "formats: rgb, bgr, yuv420, nv12, yuyv, gray";
 
 fn parse_format(name: &str) -> Option<PixelFormat> {
@@ -671,8 +723,9 @@ pub fn open(spec: &str, seed: u64) -> Result<Box<dyn FrameSource>, SourceError> 
             )))
         }
         ["dir", path] => Ok(Box::new(DirSource::new(Path::new(path))?)),
+        ["v4l2", ..] => Err(bad("a camera: open it with open_camera")),
         _ => Err(bad(
-            "expected synthetic[:WxH], stdin:FORMAT:WxH, mjpeg:PATH|-, or dir:PATH",
+            "expected synthetic[:WxH], stdin:FORMAT:WxH, mjpeg:PATH|-, dir:PATH or v4l2:/dev/videoN[:WxH]",
         )),
     }
 }

@@ -450,3 +450,29 @@ fn a_camera_command_that_exits_is_restarted() {
         "{stderr}"
     );
 }
+
+/// `v4l2:` names the device it cannot open (with the `v4l2` feature), or says
+/// how to get V4L2 support (without it).
+#[test]
+fn v4l2_source_errors_name_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    write_model(&model);
+    let (_, stderr, ok) = run(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--source",
+            "v4l2:/dev/video-edgeseg-missing:320x240",
+            "--max-restarts",
+            "0",
+        ],
+        &[],
+    );
+    assert!(!ok, "{stderr}");
+    if cfg!(feature = "v4l2") {
+        assert!(stderr.contains("/dev/video-edgeseg-missing"), "{stderr}");
+    } else {
+        assert!(stderr.contains("--features v4l2"), "{stderr}");
+    }
+}

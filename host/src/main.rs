@@ -718,7 +718,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", firmware::error::chain_message(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -27,7 +27,9 @@ struct Cli {
     /// `rpicam-vid --codec yuv420 -o -` or `ffmpeg -f rawvideo` write them;
     /// FORMAT is yuv420, nv12, yuyv, rgb, bgr or gray), `mjpeg:PATH` or
     /// `mjpeg:-` (concatenated JPEGs, as `rpicam-vid --codec mjpeg` writes),
-    /// `dir:PATH` (pictures in name order).
+    /// `dir:PATH` (pictures in name order), `v4l2:/dev/videoN[:WxH]` (a USB
+    /// camera, or the Pi camera under libcamerify; builds with the `v4l2`
+    /// feature; reopened with backoff when it goes away).
     #[arg(long, default_value = "synthetic:480x360")]
     source: String,
     /// Where masks go (repeatable): `jsonl:PATH` or `jsonl:-` (one JSON object
@@ -68,8 +70,9 @@ struct Cli {
     /// Example: --exec "rpicam-vid -t 0 -n --codec yuv420 --width 640 --height 480 -o -"
     #[arg(long)]
     exec: Option<String>,
-    /// With --exec: give up after this many restarts in a row without a frame.
-    #[arg(long, requires = "exec")]
+    /// With --exec or a v4l2 source: give up after this many reopenings in a
+    /// row without a frame (default: never).
+    #[arg(long)]
     max_restarts: Option<u32>,
 }
 
@@ -117,20 +120,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{json}");
         return Ok(());
     }
-    let source = match &cli.exec {
-        None => firmware::source::open(&cli.source, cli.seed)?,
-        Some(command) => {
-            let backoff = firmware::source::Backoff {
-                give_up_after: cli.max_restarts,
-                ..Default::default()
-            };
-            firmware::source::open_command(
-                &cli.source,
-                command,
-                backoff,
-                Box::new(|line| eprintln!("{line}")),
-            )?
-        }
+    let source = if cli.exec.is_some() || cli.source.starts_with("v4l2:") {
+        let backoff = firmware::source::Backoff {
+            give_up_after: cli.max_restarts,
+            ..Default::default()
+        };
+        firmware::source::open_camera(
+            &cli.source,
+            cli.exec.as_deref(),
+            backoff,
+            Box::new(|line| eprintln!("{line}")),
+        )?
+    } else {
+        firmware::source::open(&cli.source, cli.seed)?
     };
     let sinks = cli
         .sink
@@ -189,7 +191,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", firmware::error::chain_message(e.as_ref()));
                 ExitCode::FAILURE
             }
         },
