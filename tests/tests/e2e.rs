@@ -128,13 +128,13 @@ fn synthetic_scenes_to_board_masks_that_match_predict() {
     let size = Size::new(96, 64);
     let data = dir.path().join("data");
     let spec = host::synth::SynthSpec {
-        train: 16,
+        train: 24,
         val: 4,
         size,
         seed: 1,
     };
     host::synth::write_dataset(&data, &spec, &|| {}).unwrap();
-    let run = train_small(&data, dir.path(), size, 4);
+    let run = train_small(&data, dir.path(), size, 6);
     // The synthetic drive at the model's size, so no resampling differs.
     let [float, int8] = board_against_predict(&run, &data, &format!("synthetic:{size}"), 4);
     assert_eq!(float, 1.0, "float masks equal predict's");
