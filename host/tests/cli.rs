@@ -307,3 +307,62 @@ fn train_then_eval_writes_the_run_and_the_report() {
         "{stderr}"
     );
 }
+
+/// `edgeseg demo --serve`: after the report, the drive keeps streaming to a
+/// live view whose statistics count up.
+#[test]
+fn demo_serve_keeps_a_live_view_open() {
+    use std::io::{BufRead, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgeseg"))
+        .args(["-q", "demo", "--out", out.to_str().unwrap()])
+        .args([
+            "--train-minutes",
+            "0.05",
+            "--train-scenes",
+            "6",
+            "--val-scenes",
+            "2",
+        ])
+        .args(["--size", "64x48", "--camera", "96x72", "--frames", "3"])
+        .args(["--serve", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut addr = None;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("live view on http://") {
+            addr = Some(rest.split('/').next().unwrap().to_string());
+            break;
+        }
+    }
+    let addr = addr.expect("the demo prints the live view's address");
+    assert!(out.join("report.json").exists(), "the report comes first");
+    let get = || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(s, "GET /stats.json HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let body = text
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()
+    };
+    let mut frames = 0;
+    for _ in 0..100 {
+        frames = get()["frames"].as_u64().unwrap_or(0);
+        if frames >= 5 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(frames >= 5, "the live view kept streaming: {frames} frames");
+}
