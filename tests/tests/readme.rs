@@ -315,6 +315,7 @@ fn the_readme_commands_run() {
     for produced in [
         "demo-out/report.json",
         "demo-out/drive.gif",
+        "demo-camvid/report.md",
         "runs/camvid/best.bpk",
         "eval.json",
         "preds/grid.png",
