@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tract_linalg::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::knobs::KnobScope;
@@ -81,6 +82,8 @@ pub struct Engine {
     input: Arc<Tensor>,
     /// The logits of the last run.
     logits: Vec<f32>,
+    /// Threads for tract's matrix products.
+    executor: Executor,
 }
 
 /// Prefix tract gives ONNX `metadata_props` among a model's properties (and
@@ -239,7 +242,18 @@ impl Engine {
             state,
             output_shape,
             input: Arc::new(input),
+            executor: Executor::SingleThread,
         })
+    }
+
+    /// Runs tract's matrix products on `threads` threads (1, tract's default,
+    /// runs them on the calling thread).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.executor = if threads > 1 {
+            Executor::multithread(threads)
+        } else {
+            Executor::SingleThread
+        };
     }
 
     /// The model's metadata.
@@ -289,8 +303,9 @@ impl Engine {
     pub fn profile(&mut self, input: &[f32]) -> Result<Vec<(String, String, f64)>, EngineError> {
         let tensor = self.input_value(input)?;
         let mut times = Vec::new();
-        self.state
-            .run_plan_with_eval(tvec!(tensor), |ctx, state, node, inputs| {
+        let state = &mut self.state;
+        multithread_tract_scope(self.executor.clone(), || {
+            state.run_plan_with_eval(tvec!(tensor), |ctx, state, node, inputs| {
                 let started = std::time::Instant::now();
                 let out = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
                 times.push((
@@ -300,7 +315,8 @@ impl Engine {
                 ));
                 out
             })
-            .map_err(|e| tract_error("running the model", e))?;
+        })
+        .map_err(|e| tract_error("running the model", e))?;
         times.sort_by(|a, b| b.2.total_cmp(&a.2));
         Ok(times)
     }
@@ -336,9 +352,8 @@ impl Engine {
     /// the engine until the next run.
     pub fn run(&mut self, input: &[f32]) -> Result<&[f32], EngineError> {
         let value = self.input_value(input)?;
-        let outputs = self
-            .state
-            .run(tvec!(value))
+        let state = &mut self.state;
+        let outputs = multithread_tract_scope(self.executor.clone(), || state.run(tvec!(value)))
             .map_err(|e| tract_error("running the model", e))?;
         let logits = outputs[0]
             .cast_to::<f32>()

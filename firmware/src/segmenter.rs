@@ -56,6 +56,11 @@ impl Segmenter {
         }
     }
 
+    /// Runs inference on `threads` threads (see [`Engine::set_threads`]).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.engine.set_threads(threads);
+    }
+
     /// The model's metadata.
     pub fn info(&self) -> &ModelInfo {
         self.engine.info()

@@ -224,8 +224,18 @@ fn mjpeg_file_and_picture_folder_to_png_masks() {
         halves().save(pictures.join(format!("{i}.png"))).unwrap();
     }
     let source = format!("dir:{}", pictures.display());
+    // Inference on two threads gives the same frames.
     let (stdout, stderr, ok) = run(
-        &["--model", m, "--source", &source, "--sink", "jsonl:-"],
+        &[
+            "--model",
+            m,
+            "--source",
+            &source,
+            "--sink",
+            "jsonl:-",
+            "--threads",
+            "2",
+        ],
         &[],
     );
     assert!(ok, "{stderr}");

@@ -60,6 +60,10 @@ struct Cli {
     /// architecture, precision) as JSON and exit.
     #[arg(long, requires = "model")]
     info: bool,
+    /// Threads for inference (tract's matrix products); capture and output
+    /// have their own threads besides. Default: 1 (see BENCHMARKS.md).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Seed of the synthetic drive.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -103,7 +107,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    let segmenter = Segmenter::load(model)?;
+    let mut segmenter = Segmenter::load(model)?;
+    segmenter.set_threads(cli.threads);
     if cli.info {
         let info = segmenter.info();
         let json = serde_json::json!({
