@@ -82,6 +82,37 @@ impl<T> DropOldest<T> {
     }
 }
 
+/// Spent buffers handed back by later stages, so that steady-state frames
+/// reuse allocations instead of making new ones.
+#[derive(Debug)]
+struct Pool<T> {
+    items: Mutex<Vec<T>>,
+}
+
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Pool {
+            items: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<T> Pool<T> {
+    /// Most buffers kept: enough for every queue slot and stage in flight.
+    const KEEP: usize = 16;
+
+    fn take(&self) -> Option<T> {
+        self.items.lock().expect("pool lock").pop()
+    }
+
+    fn give(&self, item: T) {
+        let mut items = self.items.lock().expect("pool lock");
+        if items.len() < Self::KEEP {
+            items.push(item);
+        }
+    }
+}
+
 /// Frame counters, shared by the stages.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -151,12 +182,14 @@ pub fn run(
     mut output: impl FnMut(&Segmented) -> Result<(), String>,
 ) -> Result<RunTotals, PipelineError> {
     let counters = Arc::new(Counters::default());
+    let frame_pool: Arc<Pool<OwnedFrame>> = Arc::default();
+    let mask_pool: Arc<Pool<Vec<u8>>> = Arc::default();
     let live = source.is_live();
     let frames: Arc<DropOldest<(u64, OwnedFrame, Instant, Duration)>> =
         Arc::new(DropOldest::new(depth));
     let results: Arc<DropOldest<Segmented>> = Arc::new(DropOldest::new(depth));
     let capture = {
-        let (frames, counters) = (frames.clone(), counters.clone());
+        let (frames, counters, frame_pool) = (frames.clone(), counters.clone(), frame_pool.clone());
         std::thread::spawn(move || -> Result<SourceStats, SourceError> {
             let mut seq = 0;
             let result = loop {
@@ -166,10 +199,18 @@ pub fn run(
                 let started = Instant::now();
                 match source.next_frame() {
                     Ok(Some(frame)) => {
-                        let item = (seq, frame.clone(), started, started.elapsed());
+                        let owned = match frame_pool.take() {
+                            Some(mut spare) => {
+                                spare.copy_from(frame);
+                                spare
+                            }
+                            None => frame.clone(),
+                        };
+                        let item = (seq, owned, started, started.elapsed());
                         counters.captured.fetch_add(1, Ordering::Relaxed);
                         if live {
-                            if frames.push(item).is_some() {
+                            if let Some((_, spent, ..)) = frames.push(item) {
+                                frame_pool.give(spent);
                                 counters.dropped.fetch_add(1, Ordering::Relaxed);
                             }
                         } else if !frames.push_blocking(item) {
@@ -187,21 +228,27 @@ pub fn run(
     };
     let inference = {
         let (frames, results, counters) = (frames.clone(), results.clone(), counters.clone());
+        let (frame_pool, mask_pool) = (frame_pool.clone(), mask_pool.clone());
         std::thread::spawn(move || -> Result<(), EngineError> {
             let result = (|| {
                 while let Some((seq, frame, started, capture)) = frames.pop() {
                     segmenter.segment(&frame.frame())?;
                     counters.processed.fetch_add(1, Ordering::Relaxed);
+                    let mut mask = mask_pool.take().unwrap_or_default();
+                    mask.clear();
+                    mask.extend_from_slice(segmenter.mask());
                     let item = Segmented {
                         seq,
-                        mask: segmenter.mask().to_vec(),
+                        mask,
                         times: segmenter.times(),
                         frame,
                         started,
                         capture,
                     };
                     if live {
-                        if results.push(item).is_some() {
+                        if let Some(spent) = results.push(item) {
+                            frame_pool.give(spent.frame);
+                            mask_pool.give(spent.mask);
                             counters.dropped.fetch_add(1, Ordering::Relaxed);
                         }
                     } else if !results.push_blocking(item) {
@@ -222,6 +269,8 @@ pub fn run(
             output_error = Some(e);
             break;
         }
+        frame_pool.give(item.frame);
+        mask_pool.give(item.mask);
     }
     if output_error.is_some() {
         // Stop the producers: closing lets them finish their current frame.

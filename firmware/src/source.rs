@@ -67,6 +67,15 @@ impl OwnedFrame {
         }
     }
 
+    /// Becomes a copy of `other`, reusing this frame's buffer.
+    pub fn copy_from(&mut self, other: &OwnedFrame) {
+        self.format = other.format;
+        self.size = other.size;
+        self.stride = other.stride;
+        self.data.clear();
+        self.data.extend_from_slice(&other.data);
+    }
+
     /// A borrowed view.
     pub fn frame(&self) -> Frame<'_> {
         Frame::new(self.format, self.size, self.stride, &self.data)
@@ -519,11 +528,7 @@ impl FrameSource for Reopening {
                 Ok(Some(frame)) => {
                     // Copied into our own buffer (no allocation once sized), so
                     // the camera can be replaced while the frame is in use.
-                    self.frame.format = frame.format;
-                    self.frame.size = frame.size;
-                    self.frame.stride = frame.stride;
-                    self.frame.data.clear();
-                    self.frame.data.extend_from_slice(&frame.data);
+                    self.frame.copy_from(frame);
                     self.failures = 0;
                     self.wait = self.backoff.min;
                     return Ok(Some(&self.frame));
