@@ -10,6 +10,12 @@ use crate::frame::{Frame, Normalization, Preprocessor};
 use crate::model_info::ModelInfo;
 use crate::post::argmax;
 
+/// The default thread count for inference: one per core but one, left to
+/// capture and output (at least 1). BENCHMARKS.md has the measurements.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
 /// Time spent in each stage of the last [`Segmenter::segment`] call.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StageTimes {

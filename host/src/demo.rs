@@ -281,7 +281,8 @@ pub fn stream(
     sinks: Vec<Sink>,
     log: &mut impl FnMut(&str),
 ) -> Result<StreamSummary> {
-    let segmenter = Segmenter::load(model).map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut segmenter = Segmenter::load(model).map_err(|e| Error::Invalid(e.to_string()))?;
+    segmenter.set_threads(firmware::segmenter::default_threads());
     let source = firmware::source::open(source, seed).map_err(|e| Error::Invalid(e.to_string()))?;
     let options = StreamOptions {
         limit: frames,

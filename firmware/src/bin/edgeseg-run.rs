@@ -61,9 +61,11 @@ struct Cli {
     #[arg(long, requires = "model")]
     info: bool,
     /// Threads for inference (tract's matrix products); capture and output
-    /// have their own threads besides. Default: 1 (see BENCHMARKS.md).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// have their own threads besides. Default: one per core but one (3 on a
+    /// Raspberry Pi 5). With cheap capture, all cores can be faster (1.5x on
+    /// 2 cores with raw frames from stdin, BENCHMARKS.md).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Seed of the synthetic drive.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -108,7 +110,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     };
     let mut segmenter = Segmenter::load(model)?;
-    segmenter.set_threads(cli.threads);
+    segmenter.set_threads(
+        cli.threads
+            .unwrap_or_else(firmware::segmenter::default_threads),
+    );
     if cli.info {
         let info = segmenter.info();
         let json = serde_json::json!({
