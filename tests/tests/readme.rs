@@ -216,7 +216,7 @@ fn run(program: &Path, args: &[String], cwd: &Path, stdin: Vec<u8>, what: &str) 
 }
 
 /// `edgeseg` and `edgeseg-run` of this build (`cargo test --workspace` builds
-/// both; otherwise they are built now).
+/// both; after `cargo test -p tests` they are brought up to date here).
 fn binaries() -> (PathBuf, PathBuf) {
     let dir = std::env::current_exe()
         .unwrap()
@@ -224,11 +224,14 @@ fn binaries() -> (PathBuf, PathBuf) {
         .and_then(Path::parent)
         .unwrap()
         .to_path_buf();
+    // The same selection and features as `cargo test --workspace`, which has
+    // built both binaries already (a plain `cargo build` would resolve features
+    // without dev-dependencies and rebuild tract).
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "-q", "-p", "host", "--bin", "edgeseg"])
-        .args(["-p", "firmware", "--bin", "edgeseg-run"])
+        .args(["test", "-q", "--workspace", "--no-run"])
         .current_dir(root())
+        .stdout(Stdio::null())
         .status()
         .unwrap();
     assert!(status.success(), "building edgeseg and edgeseg-run");
