@@ -714,7 +714,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Training allocates and frees tensors of tens of MiB every step. glibc, and
+/// mimalloc with its default 10 ms purge delay, hand those pages back to the
+/// kernel, which faults them in zeroed again on the next step: a fifth of a
+/// U-Net step here (BENCHMARKS.md, "Training step").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in the `mi_option_e` enum of the mimalloc 3.x
+/// header bundled with libmimalloc-sys 0.1.49 (pinned in Cargo.toml), which
+/// defines no Rust constant for it: the entry just before `use_numa_nodes`.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+const _: () = assert!(libmimalloc_sys::mi_option_use_numa_nodes == MI_OPTION_PURGE_DELAY + 1);
+
+/// Keeps freed memory mapped for reuse (peak RSS is reported by the
+/// benchmarks; the working set of a training step is reused every step).
+#[allow(unsafe_code)]
+fn keep_freed_memory() {
+    // SAFETY: mi_option_set only stores an integer in mimalloc's option
+    // table; it is safe to call at any time from any thread.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
