@@ -55,6 +55,37 @@ impl Scalar for f64 {
 /// per worker to a few MiB while keeping the GEMMs large.
 const BLOCK_ELEMS: usize = 1 << 19;
 
+#[cfg(feature = "std")]
+std::thread_local! {
+    /// The im2col scratch of the kernels running on this thread (8-byte
+    /// words, so it can be viewed as `f32` or `f64`).
+    static SCRATCH: core::cell::Cell<Vec<u64>> = const { core::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch slice of `len` elements that is reused from call to
+/// call on the same thread, so the im2col blocks are neither allocated (and
+/// faulted in) nor zeroed per convolution: every user overwrites all of it.
+/// A nested call (a rayon worker stealing another kernel's job while it waits)
+/// finds the slot empty and allocates its own.
+fn with_scratch<T: Scalar, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    const { assert!(core::mem::align_of::<T>() <= 8 && 8 % core::mem::size_of::<T>() == 0) };
+    let words = (len * core::mem::size_of::<T>()).div_ceil(8);
+    #[cfg(feature = "std")]
+    let mut buf = SCRATCH.with(|slot| slot.take());
+    #[cfg(not(feature = "std"))]
+    let mut buf = Vec::new();
+    if buf.len() < words {
+        buf.resize(words, 0);
+    }
+    let out = f(&mut bytemuck::cast_slice_mut::<u64, T>(&mut buf[..words])[..len]);
+    #[cfg(feature = "std")]
+    SCRATCH.with(|slot| {
+        let other = slot.take();
+        slot.set(if other.len() > buf.len() { other } else { buf });
+    });
+    out
+}
+
 /// How the image side and the column side of a convolution line up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Geometry {
@@ -95,7 +126,11 @@ impl Geometry {
         let shift = (k * self.dilation[axis]) as isize - self.pad[axis] as isize;
         let s = self.stride[axis] as isize;
         // smallest o >= 0 with o * s + shift >= 0
-        let lo = if shift >= 0 { 0 } else { ((-shift) + s - 1) / s };
+        let lo = if shift >= 0 {
+            0
+        } else {
+            ((-shift) + s - 1) / s
+        };
         // smallest o with o * s + shift >= size
         let hi = (size as isize - shift + s - 1).div_euclid(s).max(0);
         let lo = (lo as usize).min(out);
@@ -310,40 +345,45 @@ pub(crate) fn forward<T: Scalar>(img: &[T], weight: &[T], ch: Channels, g: &Geom
     let ckk = cig * g.kernel_area();
     let mut out = vec![T::ZERO; ch.batch * ch.column * g.out_plane()];
     let rows_per_block = g.block_rows(ckk);
+    let scratch = if g.is_identity() {
+        0
+    } else {
+        ckk * rows_per_block * g.out_w
+    };
     for_each_item(&mut out, ch.batch, |n, out_n, parallel| {
-        let img_n = &img[n * ch.image * g.in_plane()..(n + 1) * ch.image * g.in_plane()];
-        let mut cols = Vec::new();
-        for grp in 0..ch.groups {
-            let img_g = &img_n[grp * cig * g.in_plane()..(grp + 1) * cig * g.in_plane()];
-            let w_g = &weight[grp * cog * ckk..(grp + 1) * cog * ckk];
-            let out_g = &mut out_n[grp * cog * g.out_plane()..(grp + 1) * cog * g.out_plane()];
-            let mut oh = 0;
-            while oh < g.out_h {
-                let rows = oh..(oh + rows_per_block).min(g.out_h);
-                let len = rows.len() * g.out_w;
-                let src: &[T] = if g.is_identity() {
-                    &img_g[rows.start * g.out_w..]
-                } else {
-                    cols.resize(ckk * len, T::ZERO);
-                    im2col(img_g, cig, g, rows.clone(), &mut cols);
-                    &cols
-                };
-                let src_rs = if g.is_identity() { g.in_plane() } else { len };
-                gemm(
-                    [cog, len, ckk],
-                    (
-                        out_g[rows.start * g.out_w..].as_mut_ptr(),
-                        g.out_plane() as isize,
-                        1,
-                    ),
-                    false,
-                    (w_g.as_ptr(), ckk as isize, 1),
-                    (src.as_ptr(), src_rs as isize, 1),
-                    parallel,
-                );
-                oh = rows.end;
+        with_scratch(scratch, |cols: &mut [T]| {
+            let img_n = &img[n * ch.image * g.in_plane()..(n + 1) * ch.image * g.in_plane()];
+            for grp in 0..ch.groups {
+                let img_g = &img_n[grp * cig * g.in_plane()..(grp + 1) * cig * g.in_plane()];
+                let w_g = &weight[grp * cog * ckk..(grp + 1) * cog * ckk];
+                let out_g = &mut out_n[grp * cog * g.out_plane()..(grp + 1) * cog * g.out_plane()];
+                let mut oh = 0;
+                while oh < g.out_h {
+                    let rows = oh..(oh + rows_per_block).min(g.out_h);
+                    let len = rows.len() * g.out_w;
+                    let src: &[T] = if g.is_identity() {
+                        &img_g[rows.start * g.out_w..]
+                    } else {
+                        im2col(img_g, cig, g, rows.clone(), &mut cols[..ckk * len]);
+                        cols
+                    };
+                    let src_rs = if g.is_identity() { g.in_plane() } else { len };
+                    gemm(
+                        [cog, len, ckk],
+                        (
+                            out_g[rows.start * g.out_w..].as_mut_ptr(),
+                            g.out_plane() as isize,
+                            1,
+                        ),
+                        false,
+                        (w_g.as_ptr(), ckk as isize, 1),
+                        (src.as_ptr(), src_rs as isize, 1),
+                        parallel,
+                    );
+                    oh = rows.end;
+                }
             }
-        }
+        })
     });
     out
 }
@@ -364,46 +404,52 @@ pub(crate) fn backward_image<T: Scalar>(
     let mut out = vec![T::ZERO; ch.batch * ch.image * g.in_plane()];
     let rows_per_block = g.block_rows(ckk);
     let identity = g.is_identity();
+    let scratch = if identity {
+        0
+    } else {
+        ckk * rows_per_block * g.out_w
+    };
     for_each_item(&mut out, ch.batch, |n, img_n, parallel| {
-        let col_n = &col[n * ch.column * g.out_plane()..(n + 1) * ch.column * g.out_plane()];
-        let mut cols = Vec::new();
-        for grp in 0..ch.groups {
-            let img_g = &mut img_n[grp * cig * g.in_plane()..(grp + 1) * cig * g.in_plane()];
-            let w_g = &weight[grp * cog * ckk..(grp + 1) * cog * ckk];
-            let col_g = &col_n[grp * cog * g.out_plane()..(grp + 1) * cog * g.out_plane()];
-            if identity {
-                // 1x1, stride 1: the GEMM writes the image directly.
-                gemm(
-                    [ckk, g.out_plane(), cog],
-                    (img_g.as_mut_ptr(), g.in_plane() as isize, 1),
-                    false,
-                    (w_g.as_ptr(), 1, ckk as isize),
-                    (col_g.as_ptr(), g.out_plane() as isize, 1),
-                    parallel,
-                );
-                continue;
+        with_scratch(scratch, |cols: &mut [T]| {
+            let col_n = &col[n * ch.column * g.out_plane()..(n + 1) * ch.column * g.out_plane()];
+            for grp in 0..ch.groups {
+                let img_g = &mut img_n[grp * cig * g.in_plane()..(grp + 1) * cig * g.in_plane()];
+                let w_g = &weight[grp * cog * ckk..(grp + 1) * cog * ckk];
+                let col_g = &col_n[grp * cog * g.out_plane()..(grp + 1) * cog * g.out_plane()];
+                if identity {
+                    // 1x1, stride 1: the GEMM writes the image directly.
+                    gemm(
+                        [ckk, g.out_plane(), cog],
+                        (img_g.as_mut_ptr(), g.in_plane() as isize, 1),
+                        false,
+                        (w_g.as_ptr(), 1, ckk as isize),
+                        (col_g.as_ptr(), g.out_plane() as isize, 1),
+                        parallel,
+                    );
+                    continue;
+                }
+                let mut oh = 0;
+                while oh < g.out_h {
+                    let rows = oh..(oh + rows_per_block).min(g.out_h);
+                    let len = rows.len() * g.out_w;
+                    let cols = &mut cols[..ckk * len];
+                    gemm(
+                        [ckk, len, cog],
+                        (cols.as_mut_ptr(), len as isize, 1),
+                        false,
+                        (w_g.as_ptr(), 1, ckk as isize),
+                        (
+                            col_g[rows.start * g.out_w..].as_ptr(),
+                            g.out_plane() as isize,
+                            1,
+                        ),
+                        parallel,
+                    );
+                    col2im(cols, cig, g, rows.clone(), img_g);
+                    oh = rows.end;
+                }
             }
-            let mut oh = 0;
-            while oh < g.out_h {
-                let rows = oh..(oh + rows_per_block).min(g.out_h);
-                let len = rows.len() * g.out_w;
-                cols.resize(ckk * len, T::ZERO);
-                gemm(
-                    [ckk, len, cog],
-                    (cols.as_mut_ptr(), len as isize, 1),
-                    false,
-                    (w_g.as_ptr(), 1, ckk as isize),
-                    (
-                        col_g[rows.start * g.out_w..].as_ptr(),
-                        g.out_plane() as isize,
-                        1,
-                    ),
-                    parallel,
-                );
-                col2im(&cols, cig, g, rows.clone(), img_g);
-                oh = rows.end;
-            }
-        }
+        })
     });
     out
 }
@@ -422,39 +468,45 @@ pub(crate) fn backward_weight<T: Scalar>(
     let ckk = cig * g.kernel_area();
     let rows_per_block = g.block_rows(ckk);
     let size = ch.column * ckk;
-    let accumulate_item = |n: usize, acc: &mut [T], cols: &mut Vec<T>, parallel: bool| {
-        let img_n = &img[n * ch.image * g.in_plane()..(n + 1) * ch.image * g.in_plane()];
-        let col_n = &col[n * ch.column * g.out_plane()..(n + 1) * ch.column * g.out_plane()];
-        for grp in 0..ch.groups {
-            let img_g = &img_n[grp * cig * g.in_plane()..(grp + 1) * cig * g.in_plane()];
-            let col_g = &col_n[grp * cog * g.out_plane()..(grp + 1) * cog * g.out_plane()];
-            let acc_g = &mut acc[grp * cog * ckk..(grp + 1) * cog * ckk];
-            let mut oh = 0;
-            while oh < g.out_h {
-                let rows = oh..(oh + rows_per_block).min(g.out_h);
-                let len = rows.len() * g.out_w;
-                let (src, src_rs): (&[T], usize) = if g.is_identity() {
-                    (&img_g[rows.start * g.out_w..], g.in_plane())
-                } else {
-                    cols.resize(ckk * len, T::ZERO);
-                    im2col(img_g, cig, g, rows.clone(), cols);
-                    (cols, len)
-                };
-                gemm(
-                    [cog, ckk, len],
-                    (acc_g.as_mut_ptr(), ckk as isize, 1),
-                    true,
-                    (
-                        col_g[rows.start * g.out_w..].as_ptr(),
-                        g.out_plane() as isize,
-                        1,
-                    ),
-                    (src.as_ptr(), 1, src_rs as isize),
-                    parallel,
-                );
-                oh = rows.end;
+    let scratch = if g.is_identity() {
+        0
+    } else {
+        ckk * rows_per_block * g.out_w
+    };
+    let accumulate_item = |n: usize, acc: &mut [T], parallel: bool| {
+        with_scratch(scratch, |cols: &mut [T]| {
+            let img_n = &img[n * ch.image * g.in_plane()..(n + 1) * ch.image * g.in_plane()];
+            let col_n = &col[n * ch.column * g.out_plane()..(n + 1) * ch.column * g.out_plane()];
+            for grp in 0..ch.groups {
+                let img_g = &img_n[grp * cig * g.in_plane()..(grp + 1) * cig * g.in_plane()];
+                let col_g = &col_n[grp * cog * g.out_plane()..(grp + 1) * cog * g.out_plane()];
+                let acc_g = &mut acc[grp * cog * ckk..(grp + 1) * cog * ckk];
+                let mut oh = 0;
+                while oh < g.out_h {
+                    let rows = oh..(oh + rows_per_block).min(g.out_h);
+                    let len = rows.len() * g.out_w;
+                    let (src, src_rs): (&[T], usize) = if g.is_identity() {
+                        (&img_g[rows.start * g.out_w..], g.in_plane())
+                    } else {
+                        im2col(img_g, cig, g, rows.clone(), &mut cols[..ckk * len]);
+                        (&*cols, len)
+                    };
+                    gemm(
+                        [cog, ckk, len],
+                        (acc_g.as_mut_ptr(), ckk as isize, 1),
+                        true,
+                        (
+                            col_g[rows.start * g.out_w..].as_ptr(),
+                            g.out_plane() as isize,
+                            1,
+                        ),
+                        (src.as_ptr(), 1, src_rs as isize),
+                        parallel,
+                    );
+                    oh = rows.end;
+                }
             }
-        }
+        })
     };
     #[cfg(feature = "rayon")]
     {
@@ -463,13 +515,12 @@ pub(crate) fn backward_weight<T: Scalar>(
             return (0..ch.batch)
                 .into_par_iter()
                 .fold(
-                    || (vec![T::ZERO; size], Vec::new()),
-                    |(mut acc, mut cols), n| {
-                        accumulate_item(n, &mut acc, &mut cols, false);
-                        (acc, cols)
+                    || vec![T::ZERO; size],
+                    |mut acc, n| {
+                        accumulate_item(n, &mut acc, false);
+                        acc
                     },
                 )
-                .map(|(acc, _)| acc)
                 .reduce_with(|mut a, b| {
                     for (a, b) in a.iter_mut().zip(b) {
                         *a += b;
@@ -480,9 +531,8 @@ pub(crate) fn backward_weight<T: Scalar>(
         }
     }
     let mut acc = vec![T::ZERO; size];
-    let mut cols = Vec::new();
     for n in 0..ch.batch {
-        accumulate_item(n, &mut acc, &mut cols, true);
+        accumulate_item(n, &mut acc, true);
     }
     acc
 }
@@ -513,7 +563,11 @@ fn run_typed<T: Scalar>(
         Kernel::Image => backward_image(a, b, ch, g),
         Kernel::Weight => backward_weight(a, b, ch, g),
     };
-    FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(shape), T::dtype())
+    FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous(shape),
+        T::dtype(),
+    )
 }
 
 /// Runs `kernel` in the tensors' own precision (f32, f64) or through f32
@@ -561,7 +615,12 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
     [s[0], s[1], s[2], s[3]]
 }
 
-fn conv_geometry(img: [usize; 4], weight: [usize; 4], col_hw: [usize; 2], options: &ConvOptions<2>) -> Geometry {
+fn conv_geometry(
+    img: [usize; 4],
+    weight: [usize; 4],
+    col_hw: [usize; 2],
+    options: &ConvOptions<2>,
+) -> Geometry {
     Geometry {
         in_h: img[2],
         in_w: img[3],
@@ -592,9 +651,21 @@ fn conv_output_hw(x: [usize; 4], w: [usize; 4], options: &ConvOptions<2>) -> [us
 pub fn conv2d(x: FlexTensor, weight: FlexTensor, options: &ConvOptions<2>) -> FlexTensor {
     let (xd, wd) = (dims4(&x), dims4(&weight));
     let out_hw = conv_output_hw(xd, wd, options);
-    let ch = Channels { batch: xd[0], image: xd[1], column: wd[0], groups: options.groups };
+    let ch = Channels {
+        batch: xd[0],
+        image: xd[1],
+        column: wd[0],
+        groups: options.groups,
+    };
     let g = conv_geometry(xd, wd, out_hw, options);
-    run(Kernel::Forward, x, weight, ch, &g, [xd[0], wd[0], out_hw[0], out_hw[1]])
+    run(
+        Kernel::Forward,
+        x,
+        weight,
+        ch,
+        &g,
+        [xd[0], wd[0], out_hw[0], out_hw[1]],
+    )
 }
 
 /// Gradient of [`conv2d`] with respect to `x`.
@@ -605,7 +676,12 @@ pub fn conv2d_x_backward(
     options: &ConvOptions<2>,
 ) -> FlexTensor {
     let (xd, wd, od) = (dims4(&x), dims4(&weight), dims4(&output_grad));
-    let ch = Channels { batch: xd[0], image: xd[1], column: wd[0], groups: options.groups };
+    let ch = Channels {
+        batch: xd[0],
+        image: xd[1],
+        column: wd[0],
+        groups: options.groups,
+    };
     let g = conv_geometry(xd, wd, [od[2], od[3]], options);
     run(Kernel::Image, output_grad, weight, ch, &g, xd)
 }
@@ -618,12 +694,22 @@ pub fn conv2d_weight_backward(
     options: &ConvOptions<2>,
 ) -> FlexTensor {
     let (xd, wd, od) = (dims4(&x), dims4(&weight), dims4(&output_grad));
-    let ch = Channels { batch: xd[0], image: xd[1], column: wd[0], groups: options.groups };
+    let ch = Channels {
+        batch: xd[0],
+        image: xd[1],
+        column: wd[0],
+        groups: options.groups,
+    };
     let g = conv_geometry(xd, wd, [od[2], od[3]], options);
     run(Kernel::Weight, x, output_grad, ch, &g, wd)
 }
 
-fn transposed_geometry(img_hw: [usize; 2], x: [usize; 4], w: [usize; 4], options: &ConvTransposeOptions<2>) -> Geometry {
+fn transposed_geometry(
+    img_hw: [usize; 2],
+    x: [usize; 4],
+    w: [usize; 4],
+    options: &ConvTransposeOptions<2>,
+) -> Geometry {
     Geometry {
         in_h: img_hw[0],
         in_w: img_hw[1],
@@ -638,18 +724,35 @@ fn transposed_geometry(img_hw: [usize; 2], x: [usize; 4], w: [usize; 4], options
 
 /// 2D transposed convolution without bias: `x [n, c_in, h, w]`, `weight
 /// [c_in, c_out/groups, kh, kw]`.
-pub fn conv_transpose2d(x: FlexTensor, weight: FlexTensor, options: &ConvTransposeOptions<2>) -> FlexTensor {
+pub fn conv_transpose2d(
+    x: FlexTensor,
+    weight: FlexTensor,
+    options: &ConvTransposeOptions<2>,
+) -> FlexTensor {
     let (xd, wd) = (dims4(&x), dims4(&weight));
     let out_hw: [usize; 2] = core::array::from_fn(|a| {
-        (xd[2 + a] - 1) * options.stride[a] + options.dilation[a] * (wd[2 + a] - 1)
+        (xd[2 + a] - 1) * options.stride[a]
+            + options.dilation[a] * (wd[2 + a] - 1)
             + options.padding_out[a]
             + 1
             - 2 * options.padding[a]
     });
     let c_out = wd[1] * options.groups;
-    let ch = Channels { batch: xd[0], image: c_out, column: xd[1], groups: options.groups };
+    let ch = Channels {
+        batch: xd[0],
+        image: c_out,
+        column: xd[1],
+        groups: options.groups,
+    };
     let g = transposed_geometry(out_hw, xd, wd, options);
-    run(Kernel::Image, x, weight, ch, &g, [xd[0], c_out, out_hw[0], out_hw[1]])
+    run(
+        Kernel::Image,
+        x,
+        weight,
+        ch,
+        &g,
+        [xd[0], c_out, out_hw[0], out_hw[1]],
+    )
 }
 
 /// Gradient of [`conv_transpose2d`] with respect to `weight`.
@@ -660,7 +763,12 @@ pub fn conv_transpose2d_weight_backward(
     options: &ConvTransposeOptions<2>,
 ) -> FlexTensor {
     let (xd, wd, od) = (dims4(&x), dims4(&weight), dims4(&output_grad));
-    let ch = Channels { batch: xd[0], image: od[1], column: xd[1], groups: options.groups };
+    let ch = Channels {
+        batch: xd[0],
+        image: od[1],
+        column: xd[1],
+        groups: options.groups,
+    };
     let g = transposed_geometry([od[2], od[3]], xd, wd, options);
     run(Kernel::Weight, output_grad, x, ch, &g, wd)
 }

@@ -1,13 +1,15 @@
-//! The convolution kernels training runs on (the patched burn-flex in
-//! `vendor/burn-flex`: im2col/col2im + GEMM) against the definition of the
-//! convolution, forward and both gradients, through Burn's autodiff exactly as
-//! a training step calls them. Shapes cover what the models use (3x3 same
+//! The kernels training runs on (the patched burn-flex in `vendor/burn-flex`)
+//! against their definitions, forward and gradients, through Burn's autodiff
+//! exactly as a training step calls them: convolutions as im2col/col2im + GEMM
+//! and the fused batch normalisation.
+//!
+//! Convolutions: Shapes cover what the models use (3x3 same
 //! padding, the 7x7/2 LinkNet stem, 1x1, 2x2/2 and 3x3/2 transposed) and the
 //! awkward cases (groups, dilation, odd sizes, asymmetric padding, batch 1
 //! and batches larger than the thread count).
 
 use burn::prelude::*;
-use burn::tensor::module::{conv_transpose2d, conv2d};
+use burn::tensor::module::{batch_norm, batch_norm_train, conv_transpose2d, conv2d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
 /// Deterministic values in [-0.5, 0.5).
@@ -352,21 +354,186 @@ fn conv_transpose2d_forward_and_gradients_match_the_definition() {
     }
 }
 
+/// A bias is added per output channel, and its gradient is the output
+/// gradient summed over batch and image, for both convolutions.
 #[test]
-fn conv2d_bias_is_added_per_channel() {
-    let device = Device::flex();
+fn conv_bias_is_added_per_channel_and_its_gradient_is_the_channel_sum() {
+    let device = Device::flex().autodiff();
+    let bias_values = [1.0f32, -2.0, 3.0, 0.5];
     let x = tensor(&values(2 * 3 * 5 * 5, 7), [2, 3, 5, 5], &device);
-    let w = tensor(&values(4 * 3 * 3 * 3, 8), [4, 3, 3, 3], &device);
-    let bias = Tensor::<1>::from_data(TensorData::new(vec![1.0f32, -2.0, 3.0, 0.5], [4]), &device);
-    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-    let with = to_vec(conv2d(x.clone(), w.clone(), Some(bias), options.clone()));
-    let without = to_vec(conv2d(x, w, None, options));
-    for (i, (a, b)) in with.iter().zip(&without).enumerate() {
-        let c = (i / 25) % 4;
-        let want = [1.0, -2.0, 3.0, 0.5][c];
-        assert!(
-            (a - b - want).abs() < 1e-5,
-            "element {i}: {a} - {b} != {want}"
+    for transposed in [false, true] {
+        let bias = Tensor::<1>::from_data(TensorData::new(bias_values.to_vec(), [4]), &device)
+            .require_grad();
+        let run = |bias: Option<Tensor<1>>| {
+            if transposed {
+                let w = tensor(&values(3 * 4 * 2 * 2, 9), [3, 4, 2, 2], &device);
+                let options = ConvTransposeOptions::new([2, 2], [0, 0], [0, 0], [1, 1], 1);
+                conv_transpose2d(x.clone(), w, bias, options)
+            } else {
+                let w = tensor(&values(4 * 3 * 3 * 3, 8), [4, 3, 3, 3], &device);
+                conv2d(
+                    x.clone(),
+                    w,
+                    bias,
+                    ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+                )
+            }
+        };
+        let with = run(Some(bias.clone()));
+        let dims = with.dims();
+        let plane = dims[2] * dims[3];
+        let r = values(dims.iter().product(), 10);
+        let grads = (with.clone() * tensor(&r, dims, &device)).sum().backward();
+        let (with, without) = (to_vec(with), to_vec(run(None)));
+        let mut want_grad = [0f64; 4];
+        for (i, (a, b)) in with.iter().zip(&without).enumerate() {
+            let c = (i / plane) % 4;
+            want_grad[c] += r[i] as f64;
+            assert!(
+                (a - b - bias_values[c]).abs() < 1e-5,
+                "transposed {transposed}, element {i}: {a} - {b} != {}",
+                bias_values[c]
+            );
+        }
+        let got = bias
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_close(
+            &format!("transposed {transposed}: bias gradient"),
+            &got,
+            &want_grad,
         );
     }
+}
+
+/// Batch normalisation with the batch's statistics against its definition:
+/// the output, the returned mean and biased variance, and the gradients of
+/// `Σ output · r` with respect to the input, `gamma` and `beta`. The cases
+/// cover a plane shorter than the kernels' 8-lane chunks, planes longer than
+/// their 1024-element chunks, batch 1 and a channel whose mean is far from 0
+/// (where a one-pass variance loses precision).
+#[test]
+fn batch_norm_train_forward_statistics_and_gradients_match_the_definition() {
+    let device = Device::flex().autodiff();
+    let eps = 1e-5;
+    for (k, shape) in [[4, 16, 9, 7], [1, 3, 5, 5], [3, 5, 40, 33], [2, 2, 1, 3]]
+        .into_iter()
+        .enumerate()
+    {
+        let [n, c, h, w] = shape;
+        let s = h * w;
+        let len = n * c * s;
+        // Channel ch has mean about 10·ch and spread about 1 + ch/2.
+        let xv: Vec<f32> = values(len, 10 * k as u64 + 1)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let ch = (i / s) % c;
+                10.0 * ch as f32 + v * (2.0 + ch as f32)
+            })
+            .collect();
+        let gv: Vec<f32> = values(c, 10 * k as u64 + 2)
+            .iter()
+            .map(|v| 1.0 + v)
+            .collect();
+        let bv = values(c, 10 * k as u64 + 3);
+        let rv = values(len, 10 * k as u64 + 4);
+
+        let x = tensor(&xv, shape, &device).require_grad();
+        let gamma =
+            Tensor::<1>::from_data(TensorData::new(gv.clone(), [c]), &device).require_grad();
+        let beta = Tensor::<1>::from_data(TensorData::new(bv.clone(), [c]), &device).require_grad();
+        let out = batch_norm_train(x.clone(), gamma.clone(), beta.clone(), eps);
+        let loss = (out.output.clone() * tensor(&rv, shape, &device)).sum();
+        let grads = loss.backward();
+
+        // The definition, in f64.
+        let at = |b: usize, ch: usize, p: usize| (b * c + ch) * s + p;
+        let count = (n * s) as f64;
+        let mut mean = vec![0f64; c];
+        let mut var = vec![0f64; c];
+        let mut fwd = vec![0f64; len];
+        let mut dx = vec![0f64; len];
+        let mut dgamma = vec![0f64; c];
+        let mut dbeta = vec![0f64; c];
+        for ch in 0..c {
+            let idx: Vec<usize> = (0..n)
+                .flat_map(|b| (0..s).map(move |p| at(b, ch, p)))
+                .collect();
+            mean[ch] = idx.iter().map(|&i| xv[i] as f64).sum::<f64>() / count;
+            var[ch] = idx
+                .iter()
+                .map(|&i| (xv[i] as f64 - mean[ch]).powi(2))
+                .sum::<f64>()
+                / count;
+            let inv_std = 1.0 / (var[ch] + eps).sqrt();
+            let xhat = |i: usize| (xv[i] as f64 - mean[ch]) * inv_std;
+            for &i in &idx {
+                fwd[i] = gv[ch] as f64 * xhat(i) + bv[ch] as f64;
+                dbeta[ch] += rv[i] as f64;
+                dgamma[ch] += rv[i] as f64 * xhat(i);
+            }
+            let (mean_r, mean_r_xhat) = (dbeta[ch] / count, dgamma[ch] / count);
+            for &i in &idx {
+                dx[i] = gv[ch] as f64 * inv_std * (rv[i] as f64 - mean_r - xhat(i) * mean_r_xhat);
+            }
+        }
+        let what = |s: &str| format!("case {k} {shape:?}: {s}");
+        let vec1 = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+        assert_close(&what("output"), &to_vec(out.output), &fwd);
+        assert_close(&what("mean"), &vec1(out.mean), &mean);
+        assert_close(&what("variance"), &vec1(out.variance), &var);
+        assert_close(
+            &what("input gradient"),
+            &to_vec(x.grad(&grads).unwrap()),
+            &dx,
+        );
+        assert_close(
+            &what("gamma gradient"),
+            &vec1(gamma.grad(&grads).unwrap()),
+            &dgamma,
+        );
+        assert_close(
+            &what("beta gradient"),
+            &vec1(beta.grad(&grads).unwrap()),
+            &dbeta,
+        );
+    }
+}
+
+/// Batch normalisation with given statistics (inference, and what an exported
+/// model folds into its convolutions).
+#[test]
+fn batch_norm_with_given_statistics_matches_the_definition() {
+    let device = Device::flex();
+    let shape = [2, 3, 4, 5];
+    let xv = values(120, 31);
+    let [gamma, beta, mean, var] = [
+        [1.5f32, -0.5, 2.0],
+        [0.1, 0.2, -0.3],
+        [0.05, -0.1, 0.2],
+        [0.5, 2.0, 0.01],
+    ];
+    let vector = |v: [f32; 3]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [3]), &device);
+    let out = batch_norm(
+        tensor(&xv, shape, &device),
+        vector(gamma),
+        vector(beta),
+        vector(mean),
+        vector(var),
+        1e-3,
+    );
+    let want: Vec<f64> = xv
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let ch = (i / 20) % 3;
+            (v as f64 - mean[ch] as f64) / (var[ch] as f64 + 1e-3).sqrt() * gamma[ch] as f64
+                + beta[ch] as f64
+        })
+        .collect();
+    assert_close("batch_norm", &to_vec(out), &want);
 }
