@@ -25,11 +25,11 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn tensor(data: &[f32], shape: [usize; 4], device: &Device) -> Tensor<4> {
+fn tensor<const D: usize>(data: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(data.to_vec(), shape), device)
 }
 
-fn to_vec(t: Tensor<4>) -> Vec<f32> {
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
 }
 
@@ -362,8 +362,7 @@ fn conv_bias_is_added_per_channel_and_its_gradient_is_the_channel_sum() {
     let bias_values = [1.0f32, -2.0, 3.0, 0.5];
     let x = tensor(&values(2 * 3 * 5 * 5, 7), [2, 3, 5, 5], &device);
     for transposed in [false, true] {
-        let bias = Tensor::<1>::from_data(TensorData::new(bias_values.to_vec(), [4]), &device)
-            .require_grad();
+        let bias = tensor(&bias_values, [4], &device).require_grad();
         let run = |bias: Option<Tensor<1>>| {
             if transposed {
                 let w = tensor(&values(3 * 4 * 2 * 2, 9), [3, 4, 2, 2], &device);
@@ -395,15 +394,9 @@ fn conv_bias_is_added_per_channel_and_its_gradient_is_the_channel_sum() {
                 bias_values[c]
             );
         }
-        let got = bias
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
         assert_close(
             &format!("transposed {transposed}: bias gradient"),
-            &got,
+            &to_vec(bias.grad(&grads).unwrap()),
             &want_grad,
         );
     }
@@ -443,9 +436,8 @@ fn batch_norm_train_forward_statistics_and_gradients_match_the_definition() {
         let rv = values(len, 10 * k as u64 + 4);
 
         let x = tensor(&xv, shape, &device).require_grad();
-        let gamma =
-            Tensor::<1>::from_data(TensorData::new(gv.clone(), [c]), &device).require_grad();
-        let beta = Tensor::<1>::from_data(TensorData::new(bv.clone(), [c]), &device).require_grad();
+        let gamma = tensor(&gv, [c], &device).require_grad();
+        let beta = tensor(&bv, [c], &device).require_grad();
         let out = batch_norm_train(x.clone(), gamma.clone(), beta.clone(), eps);
         let loss = (out.output.clone() * tensor(&rv, shape, &device)).sum();
         let grads = loss.backward();
@@ -482,10 +474,9 @@ fn batch_norm_train_forward_statistics_and_gradients_match_the_definition() {
             }
         }
         let what = |s: &str| format!("case {k} {shape:?}: {s}");
-        let vec1 = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
         assert_close(&what("output"), &to_vec(out.output), &fwd);
-        assert_close(&what("mean"), &vec1(out.mean), &mean);
-        assert_close(&what("variance"), &vec1(out.variance), &var);
+        assert_close(&what("mean"), &to_vec(out.mean), &mean);
+        assert_close(&what("variance"), &to_vec(out.variance), &var);
         assert_close(
             &what("input gradient"),
             &to_vec(x.grad(&grads).unwrap()),
@@ -493,12 +484,12 @@ fn batch_norm_train_forward_statistics_and_gradients_match_the_definition() {
         );
         assert_close(
             &what("gamma gradient"),
-            &vec1(gamma.grad(&grads).unwrap()),
+            &to_vec(gamma.grad(&grads).unwrap()),
             &dgamma,
         );
         assert_close(
             &what("beta gradient"),
-            &vec1(beta.grad(&grads).unwrap()),
+            &to_vec(beta.grad(&grads).unwrap()),
             &dbeta,
         );
     }
@@ -517,7 +508,7 @@ fn batch_norm_with_given_statistics_matches_the_definition() {
         [0.05, -0.1, 0.2],
         [0.5, 2.0, 0.01],
     ];
-    let vector = |v: [f32; 3]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [3]), &device);
+    let vector = |v: [f32; 3]| tensor(&v, [3], &device);
     let out = batch_norm(
         tensor(&xv, shape, &device),
         vector(gamma),

@@ -147,6 +147,11 @@ fn f64s<T: Float>(t: &FlexTensor) -> Vec<f64> {
         .collect()
 }
 
+/// `1 / sqrt(var + eps)` per channel.
+fn inv_std(var: &[f64], eps: f64) -> Vec<f64> {
+    var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect()
+}
+
 /// Normalises with given statistics: `(x - mean) / sqrt(var + eps) * gamma + beta`.
 fn apply<T: Float>(
     x: &[T],
@@ -180,16 +185,12 @@ fn inference_typed<T: Float>(
 ) -> FlexTensor {
     let x = x.to_contiguous();
     let d = dims(&x);
-    let inv_std: Vec<f64> = f64s::<T>(&var)
-        .iter()
-        .map(|v| 1.0 / (v + eps).sqrt())
-        .collect();
     apply(
         x.storage::<T>(),
         d,
         x.layout().shape().clone(),
         &f64s::<T>(&mean),
-        &inv_std,
+        &inv_std(&f64s::<T>(&var), eps),
         &f64s::<T>(&gamma),
         &f64s::<T>(&beta),
     )
@@ -215,13 +216,12 @@ fn train_typed<T: Float>(
     });
     let mean: Vec<f64> = stats.iter().map(|s| s.0).collect();
     let var: Vec<f64> = stats.iter().map(|s| s.1).collect();
-    let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let out = apply(
         data,
         d,
         x.layout().shape().clone(),
         &mean,
-        &inv_std,
+        &inv_std(&var, eps),
         &f64s::<T>(&gamma),
         &f64s::<T>(&beta),
     );
@@ -242,10 +242,7 @@ fn train_backward_typed<T: Float>(
     let count = (n * s).max(1) as f64;
     let (xs, gs) = (x.storage::<T>(), grad.storage::<T>());
     let mean = f64s::<T>(&mean);
-    let inv_std: Vec<f64> = f64s::<T>(&var)
-        .iter()
-        .map(|v| 1.0 / (v + eps).sqrt())
-        .collect();
+    let inv_std = inv_std(&f64s::<T>(&var), eps);
     let gamma = f64s::<T>(&gamma);
     // Per channel: Σ dy and Σ dy · x̂.
     let sums = per_channel(c, |ch| {
@@ -283,23 +280,36 @@ fn channel_sum_typed<T: Float>(x: FlexTensor) -> FlexTensor {
     }))
 }
 
+/// Runs `on_f32` or `on_f64` on `inputs` by the first input's type; the half
+/// types go through `on_f32`, converted in and the outputs converted back.
+fn dispatch<const I: usize, const O: usize>(
+    op: &str,
+    inputs: [FlexTensor; I],
+    on_f32: impl FnOnce([FlexTensor; I]) -> [FlexTensor; O],
+    on_f64: impl FnOnce([FlexTensor; I]) -> [FlexTensor; O],
+) -> [FlexTensor; O] {
+    match inputs[0].dtype() {
+        DType::F32 => on_f32(inputs),
+        DType::F64 => on_f64(inputs),
+        DType::F16 => on_f32(inputs.map(|t| cast_to_f32(t, f16::to_f32)))
+            .map(|t| cast_from_f32(t, f16::from_f32)),
+        DType::BF16 => on_f32(inputs.map(|t| cast_to_f32(t, bf16::to_f32)))
+            .map(|t| cast_from_f32(t, bf16::from_f32)),
+        dtype => panic!("{op}: unsupported dtype {dtype:?}"),
+    }
+}
+
 /// The sum of a `[batch, channels, ...]` tensor over every axis but the
 /// channels: the gradient of a per-channel bias. Burn's generic version
 /// copies the tensor into `[channels, rest]` first.
 pub fn channel_sum(x: FlexTensor) -> FlexTensor {
-    match x.dtype() {
-        DType::F32 => channel_sum_typed::<f32>(x),
-        DType::F64 => channel_sum_typed::<f64>(x),
-        DType::F16 => cast_from_f32(
-            channel_sum_typed::<f32>(to32(x, f16::to_f32)),
-            f16::from_f32,
-        ),
-        DType::BF16 => cast_from_f32(
-            channel_sum_typed::<f32>(to32(x, bf16::to_f32)),
-            bf16::from_f32,
-        ),
-        dtype => panic!("channel_sum: unsupported dtype {dtype:?}"),
-    }
+    let [sum] = dispatch(
+        "channel_sum",
+        [x],
+        |[x]| [channel_sum_typed::<f32>(x)],
+        |[x]| [channel_sum_typed::<f64>(x)],
+    );
+    sum
 }
 
 /// Batch normalisation with given statistics (inference).
@@ -311,33 +321,13 @@ pub fn batch_norm(
     var: FlexTensor,
     eps: f64,
 ) -> FlexTensor {
-    match x.dtype() {
-        DType::F32 => inference_typed::<f32>(x, gamma, beta, mean, var, eps),
-        DType::F64 => inference_typed::<f64>(x, gamma, beta, mean, var, eps),
-        DType::F16 => cast_from_f32(
-            inference_typed::<f32>(
-                to32(x, f16::to_f32),
-                to32(gamma, f16::to_f32),
-                to32(beta, f16::to_f32),
-                to32(mean, f16::to_f32),
-                to32(var, f16::to_f32),
-                eps,
-            ),
-            f16::from_f32,
-        ),
-        DType::BF16 => cast_from_f32(
-            inference_typed::<f32>(
-                to32(x, bf16::to_f32),
-                to32(gamma, bf16::to_f32),
-                to32(beta, bf16::to_f32),
-                to32(mean, bf16::to_f32),
-                to32(var, bf16::to_f32),
-                eps,
-            ),
-            bf16::from_f32,
-        ),
-        dtype => panic!("batch_norm: unsupported dtype {dtype:?}"),
-    }
+    let [out] = dispatch(
+        "batch_norm",
+        [x, gamma, beta, mean, var],
+        |[x, g, b, m, v]| [inference_typed::<f32>(x, g, b, m, v, eps)],
+        |[x, g, b, m, v]| [inference_typed::<f64>(x, g, b, m, v, eps)],
+    );
+    out
 }
 
 /// Batch normalisation with the batch's statistics: `[output, mean, variance]`.
@@ -347,25 +337,12 @@ pub fn batch_norm_train(
     beta: FlexTensor,
     eps: f64,
 ) -> [FlexTensor; 3] {
-    match x.dtype() {
-        DType::F32 => train_typed::<f32>(x, gamma, beta, eps),
-        DType::F64 => train_typed::<f64>(x, gamma, beta, eps),
-        DType::F16 => train_typed::<f32>(
-            to32(x, f16::to_f32),
-            to32(gamma, f16::to_f32),
-            to32(beta, f16::to_f32),
-            eps,
-        )
-        .map(|t| cast_from_f32(t, f16::from_f32)),
-        DType::BF16 => train_typed::<f32>(
-            to32(x, bf16::to_f32),
-            to32(gamma, bf16::to_f32),
-            to32(beta, bf16::to_f32),
-            eps,
-        )
-        .map(|t| cast_from_f32(t, bf16::from_f32)),
-        dtype => panic!("batch_norm_train: unsupported dtype {dtype:?}"),
-    }
+    dispatch(
+        "batch_norm_train",
+        [x, gamma, beta],
+        |[x, g, b]| train_typed::<f32>(x, g, b, eps),
+        |[x, g, b]| train_typed::<f64>(x, g, b, eps),
+    )
 }
 
 /// Gradients of [`batch_norm_train`]: `[x_grad, gamma_grad, beta_grad]`.
@@ -377,31 +354,10 @@ pub fn batch_norm_train_backward(
     eps: f64,
     grad: FlexTensor,
 ) -> [FlexTensor; 3] {
-    match x.dtype() {
-        DType::F32 => train_backward_typed::<f32>(x, gamma, mean, var, eps, grad),
-        DType::F64 => train_backward_typed::<f64>(x, gamma, mean, var, eps, grad),
-        DType::F16 => train_backward_typed::<f32>(
-            to32(x, f16::to_f32),
-            to32(gamma, f16::to_f32),
-            to32(mean, f16::to_f32),
-            to32(var, f16::to_f32),
-            eps,
-            to32(grad, f16::to_f32),
-        )
-        .map(|t| cast_from_f32(t, f16::from_f32)),
-        DType::BF16 => train_backward_typed::<f32>(
-            to32(x, bf16::to_f32),
-            to32(gamma, bf16::to_f32),
-            to32(mean, bf16::to_f32),
-            to32(var, bf16::to_f32),
-            eps,
-            to32(grad, bf16::to_f32),
-        )
-        .map(|t| cast_from_f32(t, bf16::from_f32)),
-        dtype => panic!("batch_norm_train_backward: unsupported dtype {dtype:?}"),
-    }
-}
-
-fn to32<E: burn_backend::Element + bytemuck::Pod>(t: FlexTensor, f: fn(E) -> f32) -> FlexTensor {
-    cast_to_f32(t, f)
+    dispatch(
+        "batch_norm_train_backward",
+        [x, gamma, mean, var, grad],
+        |[x, g, m, v, dy]| train_backward_typed::<f32>(x, g, m, v, eps, dy),
+        |[x, g, m, v, dy]| train_backward_typed::<f64>(x, g, m, v, eps, dy),
+    )
 }

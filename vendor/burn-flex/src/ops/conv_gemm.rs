@@ -144,6 +144,17 @@ impl Geometry {
         (BLOCK_ELEMS / (col_rows * self.out_w).max(1)).clamp(1, self.out_h.max(1))
     }
 
+    /// Elements of the im2col scratch for blocks of `block_rows(col_rows)`
+    /// output rows; none for a 1x1 stride-1 convolution, which reads the image
+    /// in place.
+    fn scratch_len(&self, col_rows: usize) -> usize {
+        if self.is_identity() {
+            0
+        } else {
+            col_rows * self.block_rows(col_rows) * self.out_w
+        }
+    }
+
     fn is_identity(&self) -> bool {
         self.kernel == [1, 1]
             && self.stride == [1, 1]
@@ -345,11 +356,7 @@ pub(crate) fn forward<T: Scalar>(img: &[T], weight: &[T], ch: Channels, g: &Geom
     let ckk = cig * g.kernel_area();
     let mut out = vec![T::ZERO; ch.batch * ch.column * g.out_plane()];
     let rows_per_block = g.block_rows(ckk);
-    let scratch = if g.is_identity() {
-        0
-    } else {
-        ckk * rows_per_block * g.out_w
-    };
+    let scratch = g.scratch_len(ckk);
     for_each_item(&mut out, ch.batch, |n, out_n, parallel| {
         with_scratch(scratch, |cols: &mut [T]| {
             let img_n = &img[n * ch.image * g.in_plane()..(n + 1) * ch.image * g.in_plane()];
@@ -404,11 +411,7 @@ pub(crate) fn backward_image<T: Scalar>(
     let mut out = vec![T::ZERO; ch.batch * ch.image * g.in_plane()];
     let rows_per_block = g.block_rows(ckk);
     let identity = g.is_identity();
-    let scratch = if identity {
-        0
-    } else {
-        ckk * rows_per_block * g.out_w
-    };
+    let scratch = g.scratch_len(ckk);
     for_each_item(&mut out, ch.batch, |n, img_n, parallel| {
         with_scratch(scratch, |cols: &mut [T]| {
             let col_n = &col[n * ch.column * g.out_plane()..(n + 1) * ch.column * g.out_plane()];
@@ -468,11 +471,7 @@ pub(crate) fn backward_weight<T: Scalar>(
     let ckk = cig * g.kernel_area();
     let rows_per_block = g.block_rows(ckk);
     let size = ch.column * ckk;
-    let scratch = if g.is_identity() {
-        0
-    } else {
-        ckk * rows_per_block * g.out_w
-    };
+    let scratch = g.scratch_len(ckk);
     let accumulate_item = |n: usize, acc: &mut [T], parallel: bool| {
         with_scratch(scratch, |cols: &mut [T]| {
             let img_n = &img[n * ch.image * g.in_plane()..(n + 1) * ch.image * g.in_plane()];
