@@ -266,7 +266,8 @@ struct TrainArgs {
     #[arg(long, default_value = "ce")]
     loss: String,
     /// Class weights for cross-entropy and focal loss: `none`, `median`
-    /// (median-frequency balancing from the training labels), or a comma list.
+    /// (median-frequency balancing from the training labels), `sqrt-median`
+    /// (their square roots: gentler on rare classes), or a comma list.
     #[arg(long, default_value = "none")]
     class_weights: String,
     /// Switch off all augmentation.
@@ -359,13 +360,14 @@ impl TrainArgs {
         c.class_weights = match self.class_weights.as_str() {
             "none" => host::train::ClassWeights::None,
             "median" => host::train::ClassWeights::Median,
+            "sqrt-median" => host::train::ClassWeights::SqrtMedian,
             list => host::train::ClassWeights::Given(
                 list.split(',')
                     .map(|w| w.trim().parse::<f32>())
                     .collect::<Result<_, _>>()
                     .map_err(|_| {
                         anyhow::anyhow!(
-                            "--class-weights: expected none, median or a comma list of numbers"
+                            "--class-weights: expected none, median, sqrt-median or a comma list of numbers"
                         )
                     })?,
             ),

@@ -93,6 +93,11 @@ pub enum ClassWeights {
     None,
     /// Median-frequency balancing computed from the training labels.
     Median,
+    /// Square roots of the median-frequency weights: rare classes still count
+    /// more, but a class 1/20 as frequent weighs about 4.5, not 20, so the
+    /// network does not paint it over its neighbours early in training.
+    #[serde(rename = "sqrt-median")]
+    SqrtMedian,
     /// Weights given by the user, one per class.
     Given(Vec<f32>),
 }
@@ -452,6 +457,10 @@ pub fn train(
         state.class_weights = match &config.class_weights {
             ClassWeights::None => vec![1.0; n_classes],
             ClassWeights::Median => class_statistics(&train_source, &config)?,
+            ClassWeights::SqrtMedian => class_statistics(&train_source, &config)?
+                .into_iter()
+                .map(f32::sqrt)
+                .collect(),
             ClassWeights::Given(w) if w.len() == n_classes => w.clone(),
             ClassWeights::Given(w) => {
                 return Err(Error::Invalid(format!(
@@ -693,6 +702,38 @@ mod tests {
         config.augment = None;
         config.class_weights = ClassWeights::Median;
         (config, RunDir::new(dir.join("run")))
+    }
+
+    #[test]
+    fn sqrt_median_weights_are_the_roots_of_the_median_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let weights = |kind: ClassWeights, name: &str| {
+            let (config, _) = tiny(dir.path(), 1);
+            let run = RunDir::new(dir.path().join(name));
+            let config = TrainConfig {
+                class_weights: kind,
+                ..config
+            };
+            train(&config, &run, false, true, |_| {})
+                .unwrap()
+                .state
+                .class_weights
+        };
+        let median = weights(ClassWeights::Median, "median");
+        let sqrt = weights(ClassWeights::SqrtMedian, "sqrt");
+        assert!(median.iter().any(|&w| w > 2.0), "{median:?}");
+        for (m, s) in median.iter().zip(&sqrt) {
+            assert!((m.sqrt() - s).abs() < 1e-6, "{median:?} vs {sqrt:?}");
+        }
+        let back: TrainConfig = serde_json::from_str(
+            &serde_json::to_string(&TrainConfig {
+                class_weights: ClassWeights::SqrtMedian,
+                ..tiny(dir.path(), 1).0
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(back.class_weights, ClassWeights::SqrtMedian);
     }
 
     #[test]
