@@ -308,6 +308,11 @@ struct TrainArgs {
     /// (--epochs is then an upper bound).
     #[arg(long, value_parser = parse_minutes)]
     time_limit: Option<f64>,
+    /// LinkNet: start the encoder from ImageNet ResNet weights, torchvision's
+    /// `resnet18-f37072fd.pth` / `resnet34-b627a593.pth` or the same state dict
+    /// as `.safetensors` (needs --width 1.0).
+    #[arg(long)]
+    encoder_weights: Option<PathBuf>,
     /// Seed of initialisation, shuffling, augmentation and synthetic scenes.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -382,6 +387,7 @@ impl TrainArgs {
         });
         c.patience = self.patience;
         c.time_limit = self.time_limit.map(|minutes| minutes * 60.0);
+        c.encoder_weights = self.encoder_weights.clone();
         c.seed = self.seed;
         c.workers = self.workers;
         Ok(c)

@@ -146,6 +146,10 @@ pub struct TrainConfig {
     /// epoch in which the budget ran out; `epochs` is then an upper bound.
     #[serde(default)]
     pub time_limit: Option<f64>,
+    /// ImageNet ResNet weights (torchvision `.pth` or safetensors) that start
+    /// LinkNet's encoder; read once when the run starts.
+    #[serde(default)]
+    pub encoder_weights: Option<PathBuf>,
 }
 
 impl TrainConfig {
@@ -177,6 +181,7 @@ impl TrainConfig {
             patience: None,
             workers: 2,
             time_limit: None,
+            encoder_weights: None,
         }
     }
 
@@ -435,10 +440,22 @@ pub fn train(
                 "--batch and --epochs must be at least 1".into(),
             ));
         }
+        device.seed(config.seed);
+        let mut model = config.model.init(&device);
+        if let Some(path) = &config.encoder_weights {
+            let Model::Linknet(net) = &mut model else {
+                return Err(Error::Invalid(
+                    "--encoder-weights: only LinkNet has a ResNet encoder".into(),
+                ));
+            };
+            let n = crate::model::pretrained::load_resnet_encoder(net, path)?;
+            log(&format!(
+                "encoder: {n} tensors of ImageNet weights from {}",
+                path.display()
+            ));
+        }
         std::fs::create_dir_all(&run.path).map_err(|e| Error::io(&run.path, e))?;
         run.write_json("config.json", config)?;
-        device.seed(config.seed);
-        let model = config.model.init(&device);
         (
             config.clone(),
             RunState::default(),
@@ -734,6 +751,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(back.class_weights, ClassWeights::SqrtMedian);
+    }
+
+    #[test]
+    fn encoder_weights_need_linknet_and_leave_no_run_folder_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, run) = tiny(dir.path(), 1);
+        let config = TrainConfig {
+            encoder_weights: Some(dir.path().join("resnet18.pth")),
+            ..config
+        };
+        let err = train(&config, &run, false, true, |_| {}).unwrap_err();
+        assert!(err.to_string().contains("only LinkNet"), "{err}");
+        assert!(!run.path.exists());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod blocks;
 pub mod linknet;
+pub mod pretrained;
 pub mod unet;
 
 use burn::prelude::*;
