@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use burn::prelude::*;
-use burn_store::ModuleSnapshot;
+use burn::store::ModuleSnapshot;
 use host::model::pretrained::load_resnet_encoder;
 use host::model::{LinkNet, LinkNetConfig};
 use safetensors::tensor::{Dtype, TensorView};
@@ -105,7 +105,7 @@ fn tensors(net: &LinkNet) -> HashMap<String, Vec<f32>> {
     net.collect(None, None, false)
         .iter()
         .map(|t| {
-            let data = burn_store::bridge::to_data(t).unwrap();
+            let data = burn::store::bridge::to_data(t).unwrap();
             (
                 t.name.clone(),
                 data.convert::<f32>().try_to_vec::<f32>().unwrap(),

@@ -12,8 +12,9 @@
 
 use std::path::Path;
 
-use burn_store::{
-    ApplyResult, KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+use burn::store::{
+    ApplyResult, KeyRemapper, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore,
+    SafetensorsStore,
 };
 
 use super::LinkNet;
@@ -49,16 +50,29 @@ fn torchvision_names() -> Vec<(String, String)> {
     patterns
 }
 
+/// Whether a LinkNet tensor belongs to the encoder, the part the file fills;
+/// the decoder's tensors are expected to be absent from it.
+fn in_encoder(path: &str, _container: &str) -> bool {
+    path.starts_with("stem.") || path.starts_with("stages.")
+}
+
 /// Whether a tensor of the file may go unused: the ImageNet classifier and
 /// PyTorch's batch-norm step counters.
 fn ignorable(name: &str) -> bool {
     name.starts_with("fc.") || name.ends_with("num_batches_tracked")
 }
 
-/// A reader's error, cut short: some list every tensor of the file.
-fn read_error(format: &str, message: &str) -> String {
-    let cut: String = message.chars().take(300).collect();
-    format!("cannot read as {format}: {cut}")
+/// Applies `store` to `net`; a reader's error, cut short (some list every
+/// tensor of the file), says which `format` the file was read as.
+fn apply<S: ModuleStore>(
+    net: &mut LinkNet,
+    store: &mut S,
+    format: &str,
+) -> std::result::Result<ApplyResult, String> {
+    net.load_from(store).map_err(|e| {
+        let cut: String = e.to_string().chars().take(300).collect();
+        format!("cannot read as {format}: {cut}")
+    })
 }
 
 /// Copies ImageNet ResNet weights from `path` (`.pth`/`.pt` or `.safetensors`,
@@ -74,39 +88,39 @@ pub fn load_resnet_encoder(net: &mut LinkNet, path: &Path) -> Result<usize> {
     }
     let remapper = KeyRemapper::from_patterns(torchvision_names())
         .expect("the torchvision name patterns are valid regular expressions");
-    // Only the encoder is loaded: the decoder's tensors are expected to be absent.
-    let encoder = r"^(stem|stages)\.";
     let extension = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    let result: ApplyResult = match extension.as_str() {
-        "safetensors" => {
-            let mut store = SafetensorsStore::from_file(path)
+    // Shapes are checked below, from the result, to report the first mismatch only.
+    let result = match extension.as_str() {
+        "safetensors" => apply(
+            net,
+            &mut SafetensorsStore::from_file(path)
                 .with_from_adapter(PyTorchToBurnAdapter)
                 .remap(remapper)
-                .with_regex(encoder)
+                .with_predicate(in_encoder)
                 .allow_partial(true)
-                .validate(false);
-            net.load_from(&mut store)
-                .map_err(|e| bad(read_error("safetensors", &e.to_string())))?
-        }
-        "pth" | "pt" | "bin" => {
-            let mut store = PytorchStore::from_file(path)
+                .validate(false),
+            "safetensors",
+        ),
+        "pth" | "pt" | "bin" => apply(
+            net,
+            &mut PytorchStore::from_file(path)
                 .remap(remapper)
-                .with_regex(encoder)
+                .with_predicate(in_encoder)
                 .allow_partial(true)
-                .validate(false);
-            net.load_from(&mut store)
-                .map_err(|e| bad(read_error("a PyTorch state dict", &e.to_string())))?
-        }
+                .validate(false),
+            "a PyTorch state dict",
+        ),
         _ => {
             return Err(bad(
                 "expected a .pth, .pt or .safetensors file of torchvision ResNet weights".into(),
             ));
         }
-    };
+    }
+    .map_err(bad)?;
     if let Some(e) = result.errors.first() {
         return Err(bad(format!(
             "{} tensors do not fit the encoder, first: {e} (ImageNet weights need \
@@ -117,8 +131,8 @@ pub fn load_resnet_encoder(net: &mut LinkNet, path: &Path) -> Result<usize> {
     let missing: Vec<&str> = result
         .missing
         .iter()
+        .filter(|(p, container)| in_encoder(p, container))
         .map(|(p, _)| p.as_str())
-        .filter(|p| p.starts_with("stem.") || p.starts_with("stages."))
         .collect();
     if !missing.is_empty() {
         return Err(bad(format!(
@@ -141,9 +155,6 @@ pub fn load_resnet_encoder(net: &mut LinkNet, path: &Path) -> Result<usize> {
             unused.len(),
             unused[..unused.len().min(3)].join(", ")
         )));
-    }
-    if result.applied.is_empty() {
-        return Err(bad("holds no ResNet encoder tensors".into()));
     }
     Ok(result.applied.len())
 }
