@@ -7,7 +7,7 @@
 //! [`Sample`]s, so training and evaluation never care which.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, OnceLock, mpsc};
 
 use firmware::Size;
 use firmware::rng::{Rng, hash3};
@@ -357,8 +357,14 @@ pub enum Source {
         size: Size,
         /// Base seed; scene `i` uses `hash(seed, i)`.
         seed: u64,
+        /// Scenes kept after their first rendering, shared by clones; empty
+        /// when they would take more than [`SCENE_CACHE_BYTES`].
+        rendered: Arc<[OnceLock<Sample>]>,
     },
 }
+
+/// Most memory the rendered synthetic scenes of one split may keep.
+pub const SCENE_CACHE_BYTES: usize = 1 << 30;
 
 /// Which data a run reads.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -385,15 +391,29 @@ impl Source {
                 spec.val_fraction,
                 spec.seed,
             )?)),
-            None => Ok(Source::Synthetic {
-                count: if split == "train" {
+            None => Ok(Source::synthetic(
+                if split == "train" {
                     spec.synthetic_train
                 } else {
                     spec.synthetic_val
                 },
                 size,
-                seed: hash3(spec.seed, if split == "train" { 0 } else { 1 }, 0x5EED),
-            }),
+                hash3(spec.seed, if split == "train" { 0 } else { 1 }, 0x5EED),
+            )),
+        }
+    }
+
+    /// `count` synthetic scenes of `size` from `seed`, each rendered once and
+    /// then kept in memory (up to [`SCENE_CACHE_BYTES`] for all of them).
+    pub fn synthetic(count: usize, size: Size, seed: u64) -> Source {
+        let keep = count.saturating_mul(4 * size.area()) <= SCENE_CACHE_BYTES;
+        Source::Synthetic {
+            count,
+            size,
+            seed,
+            rendered: (0..if keep { count } else { 0 })
+                .map(|_| OnceLock::new())
+                .collect(),
         }
     }
 
@@ -436,7 +456,15 @@ impl Source {
                 let (image, mask) = &f.pairs[i];
                 load_pair(image, mask, &f.labels, &f.format)
             }
-            Source::Synthetic { size, seed, .. } => {
+            Source::Synthetic {
+                size,
+                seed,
+                rendered,
+                ..
+            } => {
+                if let Some(sample) = rendered.get(i).and_then(OnceLock::get) {
+                    return Ok(sample.clone());
+                }
                 let mut rgb = vec![0; 3 * size.area()];
                 let mut mask = vec![0; size.area()];
                 let (w, h) = (size.width as usize, size.height as usize);
@@ -447,10 +475,15 @@ impl Source {
                     &mut rgb,
                     &mut mask,
                 )?;
-                Ok(Sample {
+                let sample = Sample {
                     image: RgbImage::from_raw(size.width, size.height, rgb).expect("buffer fits"),
                     mask: GrayImage::from_raw(size.width, size.height, mask).expect("buffer fits"),
-                })
+                };
+                if let Some(cell) = rendered.get(i) {
+                    // Another thread may have rendered it meanwhile: same pixels.
+                    let _ = cell.set(sample.clone());
+                }
+                Ok(sample)
             }
         }
     }
@@ -518,6 +551,18 @@ pub fn resize(sample: &Sample, size: Size) -> Sample {
             size.height,
             imageops::FilterType::Nearest,
         ),
+    }
+}
+
+/// A window of `size` at a random place in `sample` (the whole sample where it
+/// is not larger); image and mask are cut at the same place.
+pub fn random_crop(sample: &Sample, size: Size, rng: &mut Rng) -> Sample {
+    let (w, h) = sample.image.dimensions();
+    let (cw, ch) = (size.width.min(w), size.height.min(h));
+    let (x0, y0) = (rng.below(w - cw + 1), rng.below(h - ch + 1));
+    Sample {
+        image: imageops::crop_imm(&sample.image, x0, y0, cw, ch).to_image(),
+        mask: imageops::crop_imm(&sample.mask, x0, y0, cw, ch).to_image(),
     }
 }
 
@@ -690,6 +735,16 @@ pub struct BatchPlan {
     /// Keep every mask at its file's own resolution (for scoring as published
     /// results do) instead of resizing it to `size`.
     pub native_masks: bool,
+    /// Cut a random window of this size out of each `size` sample before
+    /// augmentation; the batch then holds crops. `None`: whole samples.
+    pub crop: Option<Size>,
+}
+
+impl BatchPlan {
+    /// Size of the batch's images: the crop if there is one, else `size`.
+    pub fn out_size(&self) -> Size {
+        self.crop.unwrap_or(self.size)
+    }
 }
 
 /// Streams the batches of one pass over `source`, built by `plan.workers` threads
@@ -709,8 +764,8 @@ pub fn batches(source: &Source, plan: &BatchPlan) -> impl Iterator<Item = Result
     let n_batches = chunks.len();
     let workers = plan.workers.clamp(1, n_batches.max(1));
     let (tx, rx) = mpsc::sync_channel::<(usize, Result<Batch>)>(2 * workers);
-    let chunks = std::sync::Arc::new(chunks);
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let chunks = Arc::new(chunks);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for _ in 0..workers {
         let (tx, chunks, next, source, plan) = (
             tx.clone(),
@@ -759,7 +814,8 @@ fn build_batch(
     indices: &[usize],
     batch_index: usize,
 ) -> Result<Batch> {
-    let (w, h) = (plan.size.width as usize, plan.size.height as usize);
+    let out = plan.out_size();
+    let (w, h) = (out.width as usize, out.height as usize);
     let mut images = vec![0.0; indices.len() * 3 * w * h];
     let mut masks = Vec::with_capacity(indices.len() * w * h);
     let mut mask_sizes = Vec::with_capacity(indices.len());
@@ -767,12 +823,15 @@ fn build_batch(
         let loaded = source.load(i)?;
         let native = plan.native_masks.then(|| loaded.mask.clone());
         let mut sample = resize(&loaded, plan.size);
+        let mut rng = Rng::new(hash3(
+            plan.shuffle.unwrap_or(0),
+            batch_index as u64,
+            i as u64,
+        ));
+        if let Some(crop) = plan.crop {
+            sample = random_crop(&sample, crop, &mut rng);
+        }
         if let Some(aug) = &plan.augment {
-            let mut rng = Rng::new(hash3(
-                plan.shuffle.unwrap_or(0),
-                batch_index as u64,
-                i as u64,
-            ));
             sample = augment(sample, aug, plan.void, &mut rng);
         }
         plan.normalize.apply(
@@ -788,7 +847,7 @@ fn build_batch(
         masks,
         mask_sizes,
         len: indices.len(),
-        size: plan.size,
+        size: out,
     })
 }
 
@@ -973,12 +1032,86 @@ mod tests {
     }
 
     #[test]
-    fn batches_arrive_in_order_and_cover_the_source() {
-        let source = Source::Synthetic {
-            count: 7,
-            size: Size::new(32, 24),
-            seed: 3,
+    fn crops_cut_image_and_mask_at_the_same_random_place() {
+        // Each pixel encodes its position, so a crop tells where it was cut.
+        let (w, h) = (40u32, 30u32);
+        let sample = Sample {
+            image: RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 0])),
+            mask: GrayImage::from_fn(w, h, |x, y| image::Luma([(x + 2 * y) as u8])),
         };
+        let mut rng = Rng::new(5);
+        let mut corners = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let crop = random_crop(&sample, Size::new(16, 8), &mut rng);
+            assert_eq!(crop.image.dimensions(), (16, 8));
+            assert_eq!(crop.mask.dimensions(), (16, 8));
+            let [x0, y0, _] = crop.image.get_pixel(0, 0).0;
+            assert!(x0 as u32 + 16 <= w && y0 as u32 + 8 <= h);
+            for (x, y, p) in crop.image.enumerate_pixels() {
+                assert_eq!(p.0, [x0 + x as u8, y0 + y as u8, 0]);
+                let m = crop.mask.get_pixel(x, y)[0] as u32;
+                assert_eq!(m, (x0 as u32 + x) + 2 * (y0 as u32 + y));
+            }
+            corners.insert((x0, y0));
+        }
+        assert!(corners.len() > 20, "crops must land in many places");
+        // A crop as large as the sample (or larger) is the whole sample.
+        let whole = random_crop(&sample, Size::new(50, 30), &mut rng);
+        assert_eq!(whole.image, sample.image);
+        assert_eq!(whole.mask, sample.mask);
+    }
+
+    #[test]
+    fn batches_of_crops_have_the_crop_size() {
+        let source = Source::synthetic(5, Size::new(64, 48), 9);
+        let plan = BatchPlan {
+            batch: 2,
+            size: Size::new(64, 48),
+            augment: Some(Augment::default()),
+            normalize: Normalize::default(),
+            shuffle: Some(1),
+            void: VOID,
+            workers: 2,
+            native_masks: false,
+            crop: Some(Size::new(32, 16)),
+        };
+        let all: Vec<Batch> = batches(&source, &plan).map(Result::unwrap).collect();
+        assert_eq!(all.iter().map(|b| b.len).sum::<usize>(), 5);
+        for b in &all {
+            assert_eq!(b.size, Size::new(32, 16));
+            assert_eq!(b.images.len(), b.len * 3 * 32 * 16);
+            assert_eq!(b.masks.len(), b.len * 32 * 16);
+            assert!(b.mask_sizes.iter().all(|&s| s == Size::new(32, 16)));
+        }
+    }
+
+    #[test]
+    fn synthetic_scenes_render_once_and_clones_share_them() {
+        let source = Source::synthetic(3, Size::new(64, 48), 4);
+        let Source::Synthetic { rendered, .. } = source.clone() else {
+            unreachable!()
+        };
+        assert!(rendered.iter().all(|c| c.get().is_none()));
+        let first = source.clone().load(1).unwrap();
+        assert!(rendered[1].get().is_some() && rendered[0].get().is_none());
+        let again = source.load(1).unwrap();
+        assert_eq!(first.image, again.image);
+        assert_eq!(first.mask, again.mask);
+        // A fresh source renders the same scene from scratch.
+        let fresh = Source::synthetic(3, Size::new(64, 48), 4).load(1).unwrap();
+        assert_eq!(first.image, fresh.image);
+        // Too many scenes for the memory budget: nothing is kept.
+        let big = Source::synthetic(SCENE_CACHE_BYTES / (4 * 64 * 48) + 1, Size::new(64, 48), 4);
+        let Source::Synthetic { rendered, .. } = &big else {
+            unreachable!()
+        };
+        assert!(rendered.is_empty());
+        assert_eq!(big.load(1).unwrap().mask, first.mask);
+    }
+
+    #[test]
+    fn batches_arrive_in_order_and_cover_the_source() {
+        let source = Source::synthetic(7, Size::new(32, 24), 3);
         let plan = BatchPlan {
             batch: 3,
             size: Size::new(32, 24),
@@ -988,6 +1121,7 @@ mod tests {
             void: VOID,
             workers: 2,
             native_masks: false,
+            crop: None,
         };
         let batches: Vec<Batch> = batches(&source, &plan).collect::<Result<_>>().unwrap();
         assert_eq!(

@@ -321,6 +321,7 @@ pub fn validation_inputs(
         void: config.labels.void,
         workers: 1,
         native_masks: false,
+        crop: None,
     };
     batches(&source, &plan)
         .take(n)

@@ -81,6 +81,7 @@ pub fn evaluate(
         void: plan.labels.void,
         workers: plan.workers,
         native_masks: true,
+        crop: None,
     };
     for batch in batches(source, &batch_plan) {
         let batch = batch?;

@@ -244,6 +244,11 @@ struct TrainArgs {
     /// Training and model input size as WIDTHxHEIGHT; images are resized to it.
     #[arg(long, default_value = "256x192")]
     size: Size,
+    /// Train on random WIDTHxHEIGHT windows of the --size images: thin objects
+    /// keep the detail of the larger size at the step cost of the crop.
+    /// Validation, evaluation and export use whole --size images.
+    #[arg(long)]
+    crop: Option<Size>,
     /// Passes over the training set.
     #[arg(long, default_value_t = 10)]
     epochs: usize,
@@ -388,6 +393,7 @@ impl TrainArgs {
         c.patience = self.patience;
         c.time_limit = self.time_limit.map(|minutes| minutes * 60.0);
         c.encoder_weights = self.encoder_weights.clone();
+        c.crop = self.crop;
         c.seed = self.seed;
         c.workers = self.workers;
         Ok(c)

@@ -229,6 +229,7 @@ pub fn quantize_file(job: &QuantizeJob) -> Result<QuantReport> {
         void,
         workers: 1,
         native_masks: false,
+        crop: None,
     };
     let classes = info.num_classes();
     let mut matrices = [

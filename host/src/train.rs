@@ -150,6 +150,10 @@ pub struct TrainConfig {
     /// LinkNet's encoder; read once when the run starts.
     #[serde(default)]
     pub encoder_weights: Option<PathBuf>,
+    /// Train on random windows of this size cut from the `size` samples;
+    /// validation and the exported model still see whole `size` images.
+    #[serde(default)]
+    pub crop: Option<Size>,
 }
 
 impl TrainConfig {
@@ -182,6 +186,7 @@ impl TrainConfig {
             workers: 2,
             time_limit: None,
             encoder_weights: None,
+            crop: None,
         }
     }
 
@@ -382,6 +387,7 @@ fn class_statistics(source: &Source, config: &TrainConfig) -> Result<Vec<f32>> {
         void: config.labels.void,
         workers: config.workers,
         native_masks: false,
+        crop: None,
     };
     let mut class_pixels = vec![0u64; n];
     let mut present_pixels = vec![0u64; n];
@@ -439,6 +445,17 @@ pub fn train(
             return Err(Error::Invalid(
                 "--batch and --epochs must be at least 1".into(),
             ));
+        }
+        if let Some(crop) = config.crop
+            && (crop.width > config.size.width
+                || crop.height > config.size.height
+                || crop.area() == 0)
+        {
+            return Err(Error::Invalid(format!(
+                "--crop {crop} does not fit inside --size {}: the crop must be \
+                 non-empty and at most as wide and as tall as the training size",
+                config.size
+            )));
         }
         device.seed(config.seed);
         let mut model = config.model.init(&device);
@@ -502,7 +519,6 @@ pub fn train(
         batch: config.batch,
         workers: config.workers,
     };
-    let (h, w) = (config.size.height as usize, config.size.width as usize);
     let mut last_matrix = ConfusionMatrix::new(n_classes, Some(config.labels.void));
     // Time spent by earlier sessions of this run counts against the budget.
     let spent_before: f64 = state.history.iter().map(|r| r.seconds).sum();
@@ -524,6 +540,7 @@ pub fn train(
             void: config.labels.void,
             workers: config.workers,
             native_masks: false,
+            crop: config.crop,
         };
         let progress = bar(
             batches_per_epoch as u64,
@@ -539,6 +556,7 @@ pub fn train(
                 None => by_steps,
             };
             lr = config.schedule.rate(config.lr, t, config.warmup);
+            let (h, w) = (batch.size.height as usize, batch.size.width as usize);
             let x = Tensor::<4>::from_data(
                 TensorData::new(batch.images, [batch.len, 3, h, w]),
                 &device,
@@ -763,6 +781,54 @@ mod tests {
         };
         let err = train(&config, &run, false, true, |_| {}).unwrap_err();
         assert!(err.to_string().contains("only LinkNet"), "{err}");
+        assert!(!run.path.exists());
+    }
+
+    #[test]
+    fn trains_on_crops_and_validates_on_whole_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, run) = tiny(dir.path(), 12);
+        let size = Size::new(64, 48);
+        let config = TrainConfig {
+            size,
+            crop: Some(Size::new(32, 32)),
+            ..config
+        };
+        let summary = train(&config, &run, false, true, |_| {}).unwrap();
+        let h = &summary.state.history;
+        assert_eq!(h.len(), 12);
+        assert!(
+            h[11].train_loss < 0.85 * h[0].train_loss
+                && h[11].val_pixel_accuracy > h[0].val_pixel_accuracy,
+            "crops must train: {h:?}"
+        );
+        // Validation scored every labelled pixel of the whole 64x48 scenes.
+        let (_, val) = config.sources().unwrap();
+        let mut labelled = 0;
+        for i in 0..val.len() {
+            let mask = val.load(i).unwrap().mask;
+            assert_eq!(mask.dimensions(), (64, 48));
+            labelled += mask.pixels().filter(|p| p[0] != config.labels.void).count() as u64;
+        }
+        assert_eq!(summary.last_matrix.total(), labelled);
+        assert_eq!(run.config().unwrap().crop, Some(Size::new(32, 32)));
+    }
+
+    #[test]
+    fn a_crop_larger_than_the_size_is_refused_before_the_run_folder_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, run) = tiny(dir.path(), 1);
+        let config = TrainConfig {
+            crop: Some(Size::new(64, 16)),
+            ..config
+        };
+        let err = train(&config, &run, false, true, |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--crop 64x16") && err.contains("--size 48x32"),
+            "{err}"
+        );
         assert!(!run.path.exists());
     }
 
