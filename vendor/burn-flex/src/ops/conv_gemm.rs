@@ -27,28 +27,42 @@ use burn_backend::ops::conv::calculate_conv_output_size_asymmetric;
 use burn_backend::ops::{ConvOptions, ConvTransposeOptions};
 use burn_backend::{DType, Element};
 use burn_std::{Bytes, Shape, bf16, f16};
-use core::ops::{AddAssign, Range};
+use core::ops::{Add, AddAssign, Mul, Range, Sub};
 
 use crate::{FlexTensor, Layout};
 
 use super::module::{cast_from_f32, cast_to_f32};
+use super::winograd;
 
 /// Element types the kernels run on natively (`gemm` dispatches on them).
 pub(crate) trait Scalar:
-    Element + bytemuck::Pod + Send + Sync + AddAssign + PartialEq + core::fmt::Debug + 'static
+    Element
+    + bytemuck::Pod
+    + Send
+    + Sync
+    + AddAssign
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + PartialEq
+    + core::fmt::Debug
+    + 'static
 {
     const ZERO: Self;
     const ONE: Self;
+    const HALF: Self;
 }
 
 impl Scalar for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const HALF: Self = 0.5;
 }
 
 impl Scalar for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const HALF: Self = 0.5;
 }
 
 /// Elements of one im2col block (columns x rows); bounds the scratch memory
@@ -67,7 +81,7 @@ std::thread_local! {
 /// faulted in) nor zeroed per convolution: every user overwrites all of it.
 /// A nested call (a rayon worker stealing another kernel's job while it waits)
 /// finds the slot empty and allocates its own.
-fn with_scratch<T: Scalar, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+pub(crate) fn with_scratch<T: Scalar, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
     const { assert!(core::mem::align_of::<T>() <= 8 && 8 % core::mem::size_of::<T>() == 0) };
     let words = (len * core::mem::size_of::<T>()).div_ceil(8);
     #[cfg(feature = "std")]
@@ -248,7 +262,7 @@ fn col2im<T: Scalar>(cols: &[T], channels: usize, g: &Geometry, rows: Range<usiz
 /// `dst (m x n) = [dst +] lhs (m x k) @ rhs (k x n)`, every operand given by
 /// pointer and (row, column) strides.
 #[allow(clippy::too_many_arguments)]
-fn gemm<T: Scalar>(
+pub(crate) fn gemm<T: Scalar>(
     [m, n, k]: [usize; 3],
     dst: (*mut T, isize, isize),
     accumulate: bool,
@@ -300,7 +314,7 @@ fn gemm<T: Scalar>(
 /// Runs `f(n, chunk)` over the batch, in parallel across batch items when
 /// the batch can keep every thread busy; otherwise batch items run one after
 /// the other and `f` is told to let its GEMMs use the threads.
-fn for_each_item<T: Scalar>(
+pub(crate) fn for_each_item<T: Scalar>(
     out: &mut [T],
     batch: usize,
     f: impl Fn(usize, &mut [T], bool) + Send + Sync,
@@ -507,16 +521,27 @@ pub(crate) fn backward_weight<T: Scalar>(
             }
         })
     };
+    sum_over_batch(ch.batch, size, accumulate_item)
+}
+
+/// `Σ_n acc_n` where `accumulate(n, acc, parallel)` adds item `n`'s share
+/// into `acc` (`size` elements): one accumulator per worker when the batch
+/// can keep every thread busy, otherwise one accumulator and parallel GEMMs.
+pub(crate) fn sum_over_batch<T: Scalar>(
+    batch: usize,
+    size: usize,
+    accumulate: impl Fn(usize, &mut [T], bool) + Send + Sync,
+) -> Vec<T> {
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
-        if ch.batch >= rayon::current_num_threads() {
-            return (0..ch.batch)
+        if batch >= rayon::current_num_threads() {
+            return (0..batch)
                 .into_par_iter()
                 .fold(
                     || vec![T::ZERO; size],
                     |mut acc, n| {
-                        accumulate_item(n, &mut acc, false);
+                        accumulate(n, &mut acc, false);
                         acc
                     },
                 )
@@ -530,8 +555,8 @@ pub(crate) fn backward_weight<T: Scalar>(
         }
     }
     let mut acc = vec![T::ZERO; size];
-    for n in 0..ch.batch {
-        accumulate_item(n, &mut acc, true);
+    for n in 0..batch {
+        accumulate(n, &mut acc, true);
     }
     acc
 }
@@ -557,7 +582,11 @@ fn run_typed<T: Scalar>(
 ) -> FlexTensor {
     let (a, b) = (a.to_contiguous(), b.to_contiguous());
     let (a, b): (&[T], &[T]) = (a.storage(), b.storage());
+    let winograd = winograd::applies(&ch, g);
     let out = match kernel {
+        Kernel::Forward if winograd => winograd::forward(a, b, ch, g),
+        Kernel::Image if winograd => winograd::backward_image(a, b, ch, g),
+        Kernel::Weight if winograd => winograd::backward_weight(a, b, ch, g),
         Kernel::Forward => forward(a, b, ch, g),
         Kernel::Image => backward_image(a, b, ch, g),
         Kernel::Weight => backward_weight(a, b, ch, g),
