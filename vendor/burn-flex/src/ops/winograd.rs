@@ -29,12 +29,19 @@ use super::conv_gemm::{Channels, Geometry, Scalar, for_each_item, gemm, with_scr
 /// the GEMMs to run near peak, and im2col wins.
 const MIN_CHANNELS: usize = 16;
 
+/// Below this many 2x2 tiles per image (a 16x16 plane) the transformed
+/// kernels (16 x in x out) outweigh the multiplications saved: at 8x8 with
+/// 512 channels Winograd took twice as long as im2col, at 16x16 it was about
+/// even, from 32x32 on 1.6x faster (`host/examples/conv_bench.rs`).
+const MIN_TILES: usize = 64;
+
 /// Elements of the transformed blocks (`16 x (in + out) x tiles`) per worker.
 const BLOCK_ELEMS: usize = 1 << 19;
 
 /// Whether a convolution with this geometry runs here: 3x3, stride 1,
 /// dilation 1, one group, padding 1 on every side (output as large as the
-/// input), at least [`MIN_CHANNELS`] channels on both sides.
+/// input), at least [`MIN_CHANNELS`] channels on both sides and
+/// [`MIN_TILES`] tiles per image.
 pub(crate) fn applies(ch: &Channels, g: &Geometry) -> bool {
     enabled()
         && ch.groups == 1
@@ -46,6 +53,7 @@ pub(crate) fn applies(ch: &Channels, g: &Geometry) -> bool {
         && g.pad == [1, 1]
         && g.in_h == g.out_h
         && g.in_w == g.out_w
+        && g.in_h.div_ceil(2) * g.in_w.div_ceil(2) >= MIN_TILES
 }
 
 /// `BURN_FLEX_WINOGRAD=0` turns the Winograd kernels off (for side-by-side
