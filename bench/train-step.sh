@@ -15,30 +15,39 @@ threads=$(nproc)
 out=target/bench-train-step.jsonl
 rss=target/bench-train-step.rss
 : >"$out"
-# Runs one benchmark command and appends its JSON line with "peak_rss_mib" added.
+# Runs one benchmark command and appends its JSON line with "peak_rss_mib"
+# and the variant's name (first argument) added.
 measure() {
+    local variant=$1
+    shift
     /usr/bin/time -f %M -o "$rss" "$@" | "$python" -c '
 import json, sys
 row = json.loads(sys.stdin.read())
 row["peak_rss_mib"] = round(int(open(sys.argv[1]).read().split()[-1]) / 1024)
-print(json.dumps(row))' "$rss" | tee -a "$out"
+row["variant"] = sys.argv[2]
+print(json.dumps(row))' "$rss" "$variant" | tee -a "$out"
 }
+# Burn runs twice per round: as shipped, and with burn-flex's Winograd 3x3
+# convolutions turned off (im2col + GEMM for every convolution).
 for model in unet linknet18; do
     for _ in $(seq "$rounds"); do
-        RAYON_NUM_THREADS=$threads measure "$edgeseg" bench-step --model "$model" --size 256x256 --batch 4
-        measure "$python" bench/torch_step.py --model "$model" --size 256x256 --batch 4 --threads "$threads"
+        RAYON_NUM_THREADS=$threads measure burn "$edgeseg" bench-step --model "$model" --size 256x256 --batch 4
+        RAYON_NUM_THREADS=$threads BURN_FLEX_WINOGRAD=0 measure burn-im2col "$edgeseg" bench-step --model "$model" --size 256x256 --batch 4
+        measure pytorch "$python" bench/torch_step.py --model "$model" --size 256x256 --batch 4 --threads "$threads"
     done
 done
 "$python" - "$out" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
+def median(variant, model, key="median_s"):
+    return statistics.median(r[key] for r in rows if r["variant"] == variant and r["model"].startswith(model))
 for model in ("unet", "linknet18"):
-    b = [r["median_s"] for r in rows if r["framework"].startswith("burn") and r["model"].startswith(model)]
-    t = [r["median_s"] for r in rows if r["framework"].startswith("pytorch") and r["model"] == model]
-    bp = next(r["params"] for r in rows if r["framework"].startswith("burn") and r["model"].startswith(model))
-    tp = next(r["params"] for r in rows if r["framework"].startswith("pytorch") and r["model"] == model)
-    print(f"{model}: burn {statistics.median(b):.3f} s/step, pytorch {statistics.median(t):.3f} s/step, "
-          f"ratio {statistics.median(b) / statistics.median(t):.2f} (params {bp} vs {tp}); peak RSS "
-          f"burn {max(r['peak_rss_mib'] for r in rows if r['framework'].startswith('burn') and r['model'].startswith(model))} MiB, "
-          f"pytorch {max(r['peak_rss_mib'] for r in rows if r['framework'].startswith('pytorch') and r['model'] == model)} MiB")
+    b, i, t = (median(v, model) for v in ("burn", "burn-im2col", "pytorch"))
+    bp = next(r["params"] for r in rows if r["variant"] == "burn" and r["model"].startswith(model))
+    tp = next(r["params"] for r in rows if r["variant"] == "pytorch" and r["model"].startswith(model))
+    rss = {v: max(r["peak_rss_mib"] for r in rows if r["variant"] == v and r["model"].startswith(model))
+           for v in ("burn", "burn-im2col", "pytorch")}
+    print(f"{model}: burn {b:.3f} s/step, burn without Winograd {i:.3f}, pytorch {t:.3f}; "
+          f"ratio burn/pytorch {b / t:.2f} (without Winograd {i / t:.2f}); params {bp} vs {tp}; "
+          f"peak RSS burn {rss['burn']} MiB, without Winograd {rss['burn-im2col']} MiB, pytorch {rss['pytorch']} MiB")
 PY

@@ -102,34 +102,36 @@ impl Tiles {
 /// `U[ξ][o][i] = (G g Gᵀ)[ξ]` for the kernel `g = w[o, i]` (`w` is `[out,
 /// in, 3, 3]`), or with `flip` for the kernel `w[i, o]` rotated by 180
 /// degrees (`w` is `[in, out, 3, 3]`): the input gradient's kernel.
+///
+/// Two streaming passes: each kernel's 16 values into `[o, i, 16]` (reading
+/// `w` in its own order), then a transpose to `[16, o, i]`.
 fn transform_kernel<T: Scalar>(w: &[T], outs: usize, ins: usize, flip: bool) -> Vec<T> {
-    let mut u = vec![T::ZERO; 16 * outs * ins];
-    for o in 0..outs {
-        for i in 0..ins {
-            let mut g = [[T::ZERO; 3]; 3];
-            for (r, row) in g.iter_mut().enumerate() {
-                for (c, v) in row.iter_mut().enumerate() {
-                    *v = if flip {
-                        w[(i * outs + o) * 9 + (2 - r) * 3 + (2 - c)]
-                    } else {
-                        w[(o * ins + i) * 9 + r * 3 + c]
-                    };
-                }
+    let pairs = outs * ins;
+    let mut packed = vec![T::ZERO; 16 * pairs];
+    for (k, g) in w[..9 * pairs].chunks_exact(9).enumerate() {
+        // `w[k]` is kernel (o, i) = (k / ins, k % ins), or (k % outs, k / outs)
+        // when flipped (then rotated by 180 degrees).
+        let (o, i, g): (usize, usize, [T; 9]) = if flip {
+            (k % outs, k / outs, core::array::from_fn(|j| g[8 - j]))
+        } else {
+            (k / ins, k % ins, core::array::from_fn(|j| g[j]))
+        };
+        // G g (4x3), column by column; then (G g) Gᵀ row by row.
+        let mut t = [[T::ZERO; 3]; 4];
+        for c in 0..3 {
+            for (r, v) in g_rows([g[c], g[3 + c], g[6 + c]]).into_iter().enumerate() {
+                t[r][c] = v;
             }
-            // G g (4x3), column by column; then (G g) Gᵀ row by row.
-            let mut t = [[T::ZERO; 3]; 4];
-            for c in 0..3 {
-                let col = g_rows([g[0][c], g[1][c], g[2][c]]);
-                for (r, v) in col.into_iter().enumerate() {
-                    t[r][c] = v;
-                }
-            }
-            for (r, row) in t.iter().enumerate() {
-                let v = g_rows(*row);
-                for (c, v) in v.into_iter().enumerate() {
-                    u[((r * 4 + c) * outs + o) * ins + i] = v;
-                }
-            }
+        }
+        let dst = &mut packed[(o * ins + i) * 16..][..16];
+        for (r, row) in t.iter().enumerate() {
+            dst[r * 4..r * 4 + 4].copy_from_slice(&g_rows(*row));
+        }
+    }
+    let mut u = vec![T::ZERO; 16 * pairs];
+    for (p, vals) in packed.chunks_exact(16).enumerate() {
+        for (xi, &v) in vals.iter().enumerate() {
+            u[xi * pairs + p] = v;
         }
     }
     u
