@@ -6,8 +6,8 @@
 use std::time::Instant;
 
 use burn::prelude::*;
-use burn::tensor::module::conv2d;
 use burn::tensor::Distribution;
+use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
 fn main() {
@@ -23,7 +23,8 @@ fn main() {
         (4, 512, 512, 8),
     ];
     for (n, ci, co, side) in shapes {
-        let x = Tensor::<4>::random([n, ci, side, side], Distribution::Default, &device).require_grad();
+        let x =
+            Tensor::<4>::random([n, ci, side, side], Distribution::Default, &device).require_grad();
         let w = Tensor::<4>::random([co, ci, 3, 3], Distribution::Default, &device).require_grad();
         let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
         let mut fwd = Vec::new();

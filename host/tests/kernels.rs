@@ -129,14 +129,15 @@ fn conv2d_forward_and_gradients_match_the_definition() {
             dilation: [1, 1],
             groups: 1,
         },
-        // Winograd F(2x2, 3x3) path (3x3 same, 16+ channels on both sides):
-        // odd sizes (a half tile at the bottom and right edges), unequal
-        // channels, batch below and above the thread count
+        // Winograd F(2x2, 3x3) path (3x3 same, 16+ channels on both sides,
+        // 64+ 2x2 tiles per image): odd sizes (a half tile at the bottom and
+        // right edges), unequal channels, batch below and above the thread
+        // count
         Case {
             n: 3,
             c_in: 16,
             c_out: 24,
-            hw: [13, 9],
+            hw: [17, 15],
             kernel: [3, 3],
             stride: [1, 1],
             padding: same(3),
@@ -147,7 +148,7 @@ fn conv2d_forward_and_gradients_match_the_definition() {
             n: 1,
             c_in: 24,
             c_out: 16,
-            hw: [2, 7],
+            hw: [15, 18],
             kernel: [3, 3],
             stride: [1, 1],
             padding: same(3),
@@ -301,8 +302,19 @@ fn conv_transpose2d_forward_and_gradients_match_the_definition() {
         (2, 8, 4, [4, 5], [3, 3], [2, 2], [1, 1], [1, 1], [1, 1], 1),
         // groups, dilation, unequal strides
         (3, 4, 6, [3, 4], [3, 2], [1, 2], [1, 0], [0, 1], [2, 1], 2),
-        // 3x3 stride 1 'same', 16+ channels: the Winograd path
-        (2, 16, 20, [5, 7], [3, 3], [1, 1], [1, 1], [0, 0], [1, 1], 1),
+        // 3x3 stride 1 'same', 16+ channels, 64+ tiles: the Winograd path
+        (
+            2,
+            16,
+            20,
+            [16, 15],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+        ),
         // batch 1, 1x1
         (1, 3, 2, [4, 4], [1, 1], [1, 1], [0, 0], [0, 0], [1, 1], 1),
     ];

@@ -103,37 +103,56 @@ impl Tiles {
 /// in, 3, 3]`), or with `flip` for the kernel `w[i, o]` rotated by 180
 /// degrees (`w` is `[in, out, 3, 3]`): the input gradient's kernel.
 ///
-/// Two streaming passes: each kernel's 16 values into `[o, i, 16]` (reading
-/// `w` in its own order), then a transpose to `[16, o, i]`.
+/// Output channels are split into chunks, one task each (in parallel with
+/// `rayon`); a task writes its rows of all 16 planes of `U`.
 fn transform_kernel<T: Scalar>(w: &[T], outs: usize, ins: usize, flip: bool) -> Vec<T> {
     let pairs = outs * ins;
-    let mut packed = vec![T::ZERO; 16 * pairs];
-    for (k, g) in w[..9 * pairs].chunks_exact(9).enumerate() {
-        // `w[k]` is kernel (o, i) = (k / ins, k % ins), or (k % outs, k / outs)
-        // when flipped (then rotated by 180 degrees).
-        let (o, i, g): (usize, usize, [T; 9]) = if flip {
-            (k % outs, k / outs, core::array::from_fn(|j| g[8 - j]))
-        } else {
-            (k / ins, k % ins, core::array::from_fn(|j| g[j]))
-        };
-        // G g (4x3), column by column; then (G g) Gᵀ row by row.
-        let mut t = [[T::ZERO; 3]; 4];
-        for c in 0..3 {
-            for (r, v) in g_rows([g[c], g[3 + c], g[6 + c]]).into_iter().enumerate() {
-                t[r][c] = v;
+    let mut u = vec![T::ZERO; 16 * pairs];
+    #[cfg(feature = "rayon")]
+    let threads = rayon::current_num_threads();
+    #[cfg(not(feature = "rayon"))]
+    let threads = 1;
+    let chunk = outs.div_ceil(4 * threads).max(1);
+    // tasks[t][ξ] = rows chunk*t.. of plane ξ.
+    let mut planes: Vec<_> = u.chunks_mut(pairs).map(|p| p.chunks_mut(chunk * ins)).collect();
+    let tasks: Vec<Vec<&mut [T]>> = (0..outs.div_ceil(chunk))
+        .map(|_| planes.iter_mut().filter_map(Iterator::next).collect())
+        .collect();
+    let run = |(t, mut dst): (usize, Vec<&mut [T]>)| {
+        let first = t * chunk;
+        for o in first..(first + chunk).min(outs) {
+            for i in 0..ins {
+                // Kernel (o, i): `w[o, i]`, or `w[i, o]` rotated by 180 degrees.
+                let g: [T; 9] = if flip {
+                    let k = &w[(i * outs + o) * 9..][..9];
+                    core::array::from_fn(|j| k[8 - j])
+                } else {
+                    let k = &w[(o * ins + i) * 9..][..9];
+                    core::array::from_fn(|j| k[j])
+                };
+                // G g (4x3), column by column; then (G g) Gᵀ row by row.
+                let mut gg = [[T::ZERO; 3]; 4];
+                for c in 0..3 {
+                    for (r, v) in g_rows([g[c], g[3 + c], g[6 + c]]).into_iter().enumerate() {
+                        gg[r][c] = v;
+                    }
+                }
+                let at = (o - first) * ins + i;
+                for (r, row) in gg.iter().enumerate() {
+                    for (c, v) in g_rows(*row).into_iter().enumerate() {
+                        dst[r * 4 + c][at] = v;
+                    }
+                }
             }
         }
-        let dst = &mut packed[(o * ins + i) * 16..][..16];
-        for (r, row) in t.iter().enumerate() {
-            dst[r * 4..r * 4 + 4].copy_from_slice(&g_rows(*row));
-        }
+    };
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        tasks.into_par_iter().enumerate().for_each(run);
     }
-    let mut u = vec![T::ZERO; 16 * pairs];
-    for (p, vals) in packed.chunks_exact(16).enumerate() {
-        for (xi, &v) in vals.iter().enumerate() {
-            u[xi * pairs + p] = v;
-        }
-    }
+    #[cfg(not(feature = "rayon"))]
+    tasks.into_iter().enumerate().for_each(run);
     u
 }
 
