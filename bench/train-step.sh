@@ -39,14 +39,13 @@ done
 "$python" - "$out" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-def median(variant, model, key="median_s"):
-    return statistics.median(r[key] for r in rows if r["variant"] == variant and r["model"].startswith(model))
+def pick(variant, model):
+    return [r for r in rows if r["variant"] == variant and r["model"].startswith(model)]
+variants = ("burn", "burn-im2col", "pytorch")
 for model in ("unet", "linknet18"):
-    b, i, t = (median(v, model) for v in ("burn", "burn-im2col", "pytorch"))
-    bp = next(r["params"] for r in rows if r["variant"] == "burn" and r["model"].startswith(model))
-    tp = next(r["params"] for r in rows if r["variant"] == "pytorch" and r["model"].startswith(model))
-    rss = {v: max(r["peak_rss_mib"] for r in rows if r["variant"] == v and r["model"].startswith(model))
-           for v in ("burn", "burn-im2col", "pytorch")}
+    b, i, t = (statistics.median(r["median_s"] for r in pick(v, model)) for v in variants)
+    bp, tp = (pick(v, model)[0]["params"] for v in ("burn", "pytorch"))
+    rss = {v: max(r["peak_rss_mib"] for r in pick(v, model)) for v in variants}
     print(f"{model}: burn {b:.3f} s/step, burn without Winograd {i:.3f}, pytorch {t:.3f}; "
           f"ratio burn/pytorch {b / t:.2f} (without Winograd {i / t:.2f}); params {bp} vs {tp}; "
           f"peak RSS burn {rss['burn']} MiB, without Winograd {rss['burn-im2col']} MiB, pytorch {rss['pytorch']} MiB")

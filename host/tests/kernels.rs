@@ -111,6 +111,21 @@ impl Case {
     }
 }
 
+/// A 3x3 'same' convolution, stride 1, one group.
+fn same3x3(n: usize, c_in: usize, c_out: usize, hw: [usize; 2]) -> Case {
+    Case {
+        n,
+        c_in,
+        c_out,
+        hw,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [(1, 1); 2],
+        dilation: [1, 1],
+        groups: 1,
+    }
+}
+
 #[test]
 fn conv2d_forward_and_gradients_match_the_definition() {
     let device = Device::flex().autodiff();
@@ -118,55 +133,15 @@ fn conv2d_forward_and_gradients_match_the_definition() {
     let cases = [
         // U-Net level: 3x3 same, batch 4 with 16 channels (the shape that
         // used to fall into burn-flex's small-channel path)
-        Case {
-            n: 4,
-            c_in: 16,
-            c_out: 16,
-            hw: [12, 10],
-            kernel: [3, 3],
-            stride: [1, 1],
-            padding: same(3),
-            dilation: [1, 1],
-            groups: 1,
-        },
+        same3x3(4, 16, 16, [12, 10]),
         // Winograd F(2x2, 3x3) path (3x3 same, 16+ channels on both sides,
         // 64+ 2x2 tiles per image): odd sizes (a half tile at the bottom and
         // right edges), unequal channels, batch below and above the thread
         // count
-        Case {
-            n: 3,
-            c_in: 16,
-            c_out: 24,
-            hw: [17, 15],
-            kernel: [3, 3],
-            stride: [1, 1],
-            padding: same(3),
-            dilation: [1, 1],
-            groups: 1,
-        },
-        Case {
-            n: 1,
-            c_in: 24,
-            c_out: 16,
-            hw: [15, 18],
-            kernel: [3, 3],
-            stride: [1, 1],
-            padding: same(3),
-            dilation: [1, 1],
-            groups: 1,
-        },
+        same3x3(3, 16, 24, [17, 15]),
+        same3x3(1, 24, 16, [15, 18]),
         // RGB input layer, batch 1
-        Case {
-            n: 1,
-            c_in: 3,
-            c_out: 8,
-            hw: [9, 11],
-            kernel: [3, 3],
-            stride: [1, 1],
-            padding: same(3),
-            dilation: [1, 1],
-            groups: 1,
-        },
+        same3x3(1, 3, 8, [9, 11]),
         // LinkNet stem 7x7/2, odd size
         Case {
             n: 2,

@@ -99,6 +99,25 @@ impl Tiles {
     fn block_rows(&self, channels: usize) -> usize {
         (BLOCK_ELEMS / (16 * channels * self.cols).max(1)).clamp(1, self.rows.max(1))
     }
+
+    /// Scratch elements for the transformed blocks of `channels` channels.
+    fn scratch_len(&self, channels: usize) -> usize {
+        16 * channels * self.block_rows(channels) * self.cols
+    }
+
+    /// The blocks of tile rows a plane is worked through.
+    fn blocks(&self, channels: usize) -> impl Iterator<Item = Range<usize>> + use<> {
+        let (step, rows) = (self.block_rows(channels), self.rows);
+        (0..rows).step_by(step).map(move |ty| ty..(ty + step).min(rows))
+    }
+}
+
+/// `dst[i] = -src[i]`.
+#[inline(always)]
+fn negate<T: Scalar>(dst: &mut [T], src: &[T]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = T::ZERO - s;
+    }
 }
 
 /// `U[ξ][o][i] = (G g Gᵀ)[ξ]` for the kernel `g = w[o, i]` (`w` is `[out,
@@ -363,7 +382,7 @@ fn transform_output_grad<T: Scalar>(
             a0.copy_from_slice(y0);
             zip2(a1, y0, y1, |p, q| p + q);
             zip2(a2, y0, y1, |p, q| p - q);
-            zip2(a3, y1, y1, |_, q| T::ZERO - q);
+            negate(a3, y1);
             // Aᵀ over columns: [e, e + o, e - o, -o].
             let base = c * len + local * cols;
             for (r, ar) in a.chunks_exact(2 * cols).enumerate() {
@@ -372,7 +391,7 @@ fn transform_output_grad<T: Scalar>(
                 dm[at(0)..at(0) + cols].copy_from_slice(e);
                 zip2(&mut dm[at(1)..at(1) + cols], e, o, |p, q| p + q);
                 zip2(&mut dm[at(2)..at(2) + cols], e, o, |p, q| p - q);
-                zip2(&mut dm[at(3)..at(3) + cols], o, o, |_, q| T::ZERO - q);
+                negate(&mut dm[at(3)..at(3) + cols], o);
             }
         }
     }
@@ -382,14 +401,10 @@ fn transform_output_grad<T: Scalar>(
 /// (`[16, outs, ins]`), 'same' padding.
 fn convolve<T: Scalar>(img: &[T], u: &[T], batch: usize, ins: usize, outs: usize, t: Tiles) -> Vec<T> {
     let mut out = vec![T::ZERO; batch * outs * t.plane()];
-    let block_rows = t.block_rows(ins + outs);
-    let scratch = 16 * (ins + outs) * block_rows * t.cols;
     for_each_item(&mut out, batch, |n, out_n, parallel| {
-        with_scratch(scratch, |buf: &mut [T]| {
+        with_scratch(t.scratch_len(ins + outs), |buf: &mut [T]| {
             let img_n = &img[n * ins * t.plane()..(n + 1) * ins * t.plane()];
-            let mut ty = 0;
-            while ty < t.rows {
-                let rows = ty..(ty + block_rows).min(t.rows);
+            for rows in t.blocks(ins + outs) {
                 let len = rows.len() * t.cols;
                 let (v, m) = buf.split_at_mut(16 * ins * len);
                 let m = &mut m[..16 * outs * len];
@@ -404,8 +419,7 @@ fn convolve<T: Scalar>(img: &[T], u: &[T], batch: usize, ins: usize, outs: usize
                         parallel,
                     );
                 }
-                transform_output(m, outs, &t, rows.clone(), out_n);
-                ty = rows.end;
+                transform_output(m, outs, &t, rows, out_n);
             }
         })
     });
@@ -441,22 +455,18 @@ pub(crate) fn backward_weight<T: Scalar>(
 ) -> Vec<T> {
     let (ins, outs) = (ch.image, ch.column);
     let t = Tiles::new(g.in_h, g.in_w);
-    let block_rows = t.block_rows(ins + outs);
-    let scratch = 16 * (ins + outs) * block_rows * t.cols;
     let size = 16 * outs * ins;
     // dU[ξ] += dM[ξ] @ V[ξ]ᵀ over the tiles of item n.
     let accumulate_item = |n: usize, du: &mut [T], parallel: bool| {
-        with_scratch(scratch, |buf: &mut [T]| {
+        with_scratch(t.scratch_len(ins + outs), |buf: &mut [T]| {
             let img_n = &img[n * ins * t.plane()..(n + 1) * ins * t.plane()];
             let col_n = &col[n * outs * t.plane()..(n + 1) * outs * t.plane()];
-            let mut ty = 0;
-            while ty < t.rows {
-                let rows = ty..(ty + block_rows).min(t.rows);
+            for rows in t.blocks(ins + outs) {
                 let len = rows.len() * t.cols;
                 let (v, dm) = buf.split_at_mut(16 * ins * len);
                 let dm = &mut dm[..16 * outs * len];
                 transform_input(img_n, ins, &t, rows.clone(), v);
-                transform_output_grad(col_n, outs, &t, rows.clone(), dm);
+                transform_output_grad(col_n, outs, &t, rows, dm);
                 for xi in 0..16 {
                     gemm(
                         [outs, ins, len],
@@ -467,7 +477,6 @@ pub(crate) fn backward_weight<T: Scalar>(
                         parallel,
                     );
                 }
-                ty = rows.end;
             }
         })
     };
