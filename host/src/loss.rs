@@ -2,7 +2,9 @@
 //! `[batch, h, w]`, with an ignore value (void) that contributes nothing.
 
 use burn::prelude::*;
+#[cfg(test)]
 use burn::tensor::activation::{log_softmax, softmax};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// A weighted sum of losses; a weight of zero leaves a term out.
@@ -66,7 +68,221 @@ impl LossConfig {
 
     /// The loss of `logits` against `targets`, ignoring pixels equal to `ignore`.
     /// `class_weights` (one per class) weigh cross-entropy and focal terms.
+    ///
+    /// Softmax, every term and the gradient with respect to `logits` come from
+    /// two fused passes over the pixels (see [`LossConfig::value_and_gradient`]);
+    /// the returned tensor carries that gradient into autodiff. Composed from
+    /// tensor ops, the same loss took 175 ms of a 450 ms training step.
     pub fn forward(
+        &self,
+        logits: Tensor<4>,
+        targets: Tensor<3, Int>,
+        class_weights: Option<&Tensor<1>>,
+        ignore: u8,
+    ) -> Tensor<1> {
+        let dims = logits.dims();
+        let device = logits.device();
+        let z = logits.clone().into_data().convert::<f32>();
+        let z = z.as_slice::<f32>().expect("converted to f32");
+        let t: Vec<i64> = targets.into_data().iter::<i64>().collect();
+        let w: Option<Vec<f32>> =
+            class_weights.map(|cw| cw.clone().into_data().iter::<f32>().collect());
+        let fused = self.value_and_gradient(z, &t, w.as_deref(), ignore, dims);
+        // d(loss)/d(logits) is `grad`, so `sum(logits * grad)` has the right gradient;
+        // the constant makes its value the loss.
+        let grad = Tensor::<4>::from_data(TensorData::new(fused.grad, dims), &device);
+        (logits * grad).sum() + (fused.value - fused.dot) as f32
+    }
+
+    /// The loss and its gradient with respect to the logits, on plain buffers:
+    /// `logits` is `[batch, classes, h, w]` row-major, `targets` `[batch, h, w]`.
+    /// Labels outside `0..classes` other than `ignore` count as ignored.
+    ///
+    /// Per pixel with target `t`, softmax `p` and weight `w = class_weights[t]`,
+    /// normalised by `N = sum(w)` over valid pixels:
+    /// - cross-entropy `-w ln p_t / N`, gradient `w (p - e_t) / N`;
+    /// - focal `-w (1 - p_t)^g ln p_t / N`, through `l = ln p_t`, `dl/dz = e_t - p`;
+    /// - Dice `1 - mean_k (2 I_k + eps) / (S_k + eps)` over classes present in the
+    ///   targets, `I_k = sum p_k [t = k]`, `S_k = sum p_k + sum [t = k]`; its
+    ///   gradient with respect to `p` goes through softmax as `p_j (g_j - p . g)`.
+    pub fn value_and_gradient(
+        &self,
+        logits: &[f32],
+        targets: &[i64],
+        class_weights: Option<&[f32]>,
+        ignore: u8,
+        [b, c, h, w]: [usize; 4],
+    ) -> LossGradient {
+        const EPS: f64 = 1e-6;
+        // Pixels per block: the inner loops run along contiguous rows of one class
+        // plane, never across the planes (which would alias in the cache).
+        const BLOCK: usize = 256;
+        let hw = h * w;
+        assert_eq!(
+            logits.len(),
+            b * c * hw,
+            "logits are not [{b}, {c}, {h}, {w}]"
+        );
+        assert_eq!(targets.len(), b * hw, "targets are not [{b}, {h}, {w}]");
+        let label =
+            |t: i64| (t != ignore as i64 && (0..c as i64).contains(&t)).then_some(t as usize);
+        let weight = |k: usize| class_weights.map_or(1.0, |cw| cw[k]);
+        let gamma = self.focal_gamma;
+        // First pass, per image: softmax into `grad` (the second pass overwrites it
+        // with the gradient), the weighted log-likelihood sums, the Dice sums.
+        let mut grad = vec![0f32; logits.len()];
+        let per_image: Vec<Sums> = grad
+            .par_chunks_mut(c * hw)
+            .zip(logits.par_chunks(c * hw))
+            .zip(targets.par_chunks(hw))
+            .map(|((p, z), t)| {
+                let mut s = Sums::new(c);
+                let (mut max, mut inv, mut valid) = ([0f32; BLOCK], [0f32; BLOCK], [0f32; BLOCK]);
+                for i0 in (0..hw).step_by(BLOCK) {
+                    let n = BLOCK.min(hw - i0);
+                    let (max, inv, valid) = (&mut max[..n], &mut inv[..n], &mut valid[..n]);
+                    let plane = |k: usize| k * hw + i0..k * hw + i0 + n;
+                    max.fill(f32::NEG_INFINITY);
+                    inv.fill(0.0);
+                    for k in 0..c {
+                        for (m, &v) in max.iter_mut().zip(&z[plane(k)]) {
+                            *m = m.max(v);
+                        }
+                    }
+                    for k in 0..c {
+                        let (pk, zk) = (&mut p[plane(k)], &z[plane(k)]);
+                        for (((e, &v), &m), total) in
+                            pk.iter_mut().zip(zk).zip(&*max).zip(&mut *inv)
+                        {
+                            *e = (v - m).exp();
+                            *total += *e;
+                        }
+                    }
+                    for (j, total) in inv.iter_mut().enumerate() {
+                        let ln_total = total.ln();
+                        *total = 1.0 / *total;
+                        valid[j] = 0.0;
+                        let Some(k) = label(t[i0 + j]) else { continue };
+                        valid[j] = 1.0;
+                        let wt = weight(k) as f64;
+                        let logp = (z[k * hw + i0 + j] - max[j] - ln_total) as f64;
+                        s.weight += wt;
+                        s.ce -= wt * logp;
+                        if self.focal > 0.0 {
+                            let q = (1.0 - logp.exp()).max(0.0);
+                            s.focal -= wt * q.powf(gamma as f64) * logp;
+                        }
+                        s.dice[k][0] += (p[k * hw + i0 + j] * *total) as f64;
+                        s.dice[k][2] += 1.0;
+                    }
+                    for k in 0..c {
+                        let mut sum = 0f32;
+                        for ((e, &r), &v) in p[plane(k)].iter_mut().zip(&*inv).zip(&*valid) {
+                            *e *= r;
+                            sum += *e * v;
+                        }
+                        s.dice[k][1] += sum as f64;
+                    }
+                }
+                s
+            })
+            .collect();
+        let sums = per_image
+            .into_iter()
+            .fold(Sums::new(c), |acc, s| acc.merge(s));
+        let norm = sums.weight.max(EPS);
+        let present = sums.dice.iter().filter(|d| d[2] > 0.0).count().max(1) as f64;
+        let mut value = 0.0;
+        if self.cross_entropy > 0.0 {
+            value += self.cross_entropy as f64 * sums.ce / norm;
+        }
+        if self.focal > 0.0 {
+            value += self.focal as f64 * sums.focal / norm;
+        }
+        // Dice: at each valid pixel, d(loss)/d(p_k) = a_k [t = k] - b_k.
+        let (mut dice_a, mut dice_b) = (vec![0f32; c], vec![0f32; c]);
+        if self.dice > 0.0 {
+            let scale = self.dice as f64 / present;
+            let mut mean = 0.0;
+            for (k, &[inter, prob, count]) in sums.dice.iter().enumerate() {
+                if count == 0.0 {
+                    continue;
+                }
+                let (num, den) = (2.0 * inter + EPS, prob + count + EPS);
+                mean += num / den;
+                dice_a[k] = (-scale * 2.0 / den) as f32;
+                dice_b[k] = (-scale * num / (den * den)) as f32;
+            }
+            value += self.dice as f64 * (1.0 - mean / present);
+        }
+        let (ce, focal) = (
+            (self.cross_entropy as f64 / norm) as f32,
+            (self.focal as f64 / norm) as f32,
+        );
+        // Second pass: the gradient. Through d(ln p_t)/dz_k = [k = t] - p_k for the
+        // likelihood terms and the softmax Jacobian for Dice.
+        let dot = grad
+            .par_chunks_mut(c * hw)
+            .zip(logits.par_chunks(c * hw))
+            .zip(targets.par_chunks(hw))
+            .map(|((p, z), t)| {
+                let mut dot = 0f64;
+                let (mut dl, mut pg) = ([0f32; BLOCK], [0f32; BLOCK]);
+                let mut class = [usize::MAX; BLOCK];
+                for i0 in (0..hw).step_by(BLOCK) {
+                    let n = BLOCK.min(hw - i0);
+                    let (dl, pg, class) = (&mut dl[..n], &mut pg[..n], &mut class[..n]);
+                    let plane = |k: usize| k * hw + i0..k * hw + i0 + n;
+                    for j in 0..n {
+                        (dl[j], pg[j], class[j]) = (0.0, 0.0, usize::MAX);
+                        let Some(k) = label(t[i0 + j]) else { continue };
+                        let (wt, pt) = (weight(k), p[k * hw + i0 + j]);
+                        // d(loss)/d(ln p_t).
+                        dl[j] = -ce * wt;
+                        if focal != 0.0 {
+                            let q = (1.0 - pt).max(0.0);
+                            let slope = if q > 0.0 {
+                                gamma * q.powf(gamma - 1.0) * pt * pt.max(f32::MIN_POSITIVE).ln()
+                            } else {
+                                0.0
+                            };
+                            dl[j] += focal * wt * (slope - q.powf(gamma));
+                        }
+                        pg[j] = dice_a[k] * pt;
+                        class[j] = k;
+                    }
+                    // pg = sum_k p_k g_k with g_k = a_k [t = k] - b_k.
+                    for k in 0..c {
+                        for (g, &e) in pg.iter_mut().zip(&p[plane(k)]) {
+                            *g -= dice_b[k] * e;
+                        }
+                    }
+                    for k in 0..c {
+                        let (a, b) = (dice_a[k], dice_b[k]);
+                        for (((e, &d), &g), &t) in
+                            p[plane(k)].iter_mut().zip(&*dl).zip(&*pg).zip(&*class)
+                        {
+                            let hot = (t == k) as u8 as f32;
+                            let valid = (t != usize::MAX) as u8 as f32;
+                            *e = valid * (d * (hot - *e) + *e * (a * hot - b - g));
+                        }
+                        dot += p[plane(k)]
+                            .iter()
+                            .zip(&z[plane(k)])
+                            .map(|(&e, &v)| e * v)
+                            .sum::<f32>() as f64;
+                    }
+                }
+                dot
+            })
+            .sum();
+        LossGradient { value, grad, dot }
+    }
+
+    /// The same loss composed from tensor operations, differentiated by autodiff:
+    /// the reference the fused [`LossConfig::forward`] is tested against.
+    #[cfg(test)]
+    fn reference(
         &self,
         logits: Tensor<4>,
         targets: Tensor<3, Int>,
@@ -122,6 +338,52 @@ impl LossConfig {
     }
 }
 
+/// What [`LossConfig::value_and_gradient`] computes.
+#[derive(Clone, Debug)]
+pub struct LossGradient {
+    /// The loss.
+    pub value: f64,
+    /// d(loss)/d(logits), shaped like the logits.
+    pub grad: Vec<f32>,
+    /// `sum(logits * grad)`.
+    pub dot: f64,
+}
+
+/// One image's sums in [`LossConfig::value_and_gradient`].
+struct Sums {
+    /// Sum of the class weights of the valid pixels.
+    weight: f64,
+    /// Weighted sum of `-ln p_t`.
+    ce: f64,
+    /// Weighted sum of `-(1 - p_t)^gamma ln p_t`.
+    focal: f64,
+    /// Per class: sum of `p_k [t = k]`, sum of `p_k`, count of `t = k`.
+    dice: Vec<[f64; 3]>,
+}
+
+impl Sums {
+    fn new(classes: usize) -> Sums {
+        Sums {
+            weight: 0.0,
+            ce: 0.0,
+            focal: 0.0,
+            dice: vec![[0.0; 3]; classes],
+        }
+    }
+
+    fn merge(mut self, other: Sums) -> Sums {
+        self.weight += other.weight;
+        self.ce += other.ce;
+        self.focal += other.focal;
+        for (a, b) in self.dice.iter_mut().zip(&other.dice) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        self
+    }
+}
+
 /// Median-frequency balancing (Eigen and Fergus 2015, as in SegNet): the weight of
 /// class `c` is `median(freq) / freq(c)`, where `freq(c)` is the pixels of `c`
 /// over the pixels of the images in which `c` appears. Absent classes get 0.
@@ -153,6 +415,7 @@ pub fn median_frequency_weights(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::Distribution;
 
     fn device() -> Device {
         Device::flex()
@@ -223,6 +486,69 @@ mod tests {
         let ce = value(LossConfig::default().forward(logits.clone(), targets.clone(), None, 11));
         let sum = value(both.forward(logits, targets, None, 11));
         assert!((sum - ce - 0.5 * (1.0 - 2.0 / 3.0)).abs() < 1e-5);
+    }
+
+    /// The fused loss and its gradient match the composed tensor-op reference on
+    /// random logits with void pixels, class weights and every term.
+    #[test]
+    fn fused_value_and_gradient_match_autodiff_of_the_reference() {
+        let device = Device::flex().autodiff();
+        device.seed(7);
+        let (b, c, h, w) = (3, 5, 7, 9);
+        let logits = Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, 3.0), &device);
+        // Labels 0..c plus void (c + 1); class 2 never appears.
+        let labels: Vec<i64> = (0..b * h * w)
+            .map(|i| [0, 1, 3, 4, 6, 1, 0][(i * 7 + i / 5) % 7])
+            .collect();
+        let targets = Tensor::<3, Int>::from_data(TensorData::new(labels, [b, h, w]), &device);
+        let weights = Tensor::<1>::from_data(
+            TensorData::new(vec![0.5f32, 2.0, 1.0, 0.7, 3.0], [c]),
+            &device,
+        );
+        let configs = [
+            LossConfig::default(),
+            LossConfig::parse("dice").unwrap(),
+            LossConfig::parse("focal").unwrap(),
+            LossConfig::parse("ce+0.5*dice+2*focal").unwrap(),
+            LossConfig {
+                focal_gamma: 0.5,
+                ..LossConfig::parse("focal").unwrap()
+            },
+        ];
+        for cfg in configs {
+            for cw in [None, Some(&weights)] {
+                let run = |fused: bool| {
+                    let x = logits.clone().require_grad();
+                    let loss = if fused {
+                        cfg.forward(x.clone(), targets.clone(), cw, 6)
+                    } else {
+                        cfg.reference(x.clone(), targets.clone(), cw, 6)
+                    };
+                    let grads = loss.clone().backward();
+                    let g = x
+                        .grad(&grads)
+                        .unwrap()
+                        .into_data()
+                        .try_to_vec::<f32>()
+                        .unwrap();
+                    (loss.into_data().try_to_vec::<f32>().unwrap()[0], g)
+                };
+                let ((v, g), (rv, rg)) = (run(true), run(false));
+                assert!(
+                    (v - rv).abs() < 1e-4 * rv.abs().max(1.0),
+                    "{cfg:?}: {v} vs {rv}"
+                );
+                let scale = rg.iter().fold(0f32, |m, x| m.max(x.abs()));
+                assert!(scale > 0.0);
+                for (i, (a, r)) in g.iter().zip(&rg).enumerate() {
+                    assert!(
+                        (a - r).abs() < 1e-3 * scale,
+                        "{cfg:?} weights {}: gradient {i}: {a} vs {r}",
+                        cw.is_some()
+                    );
+                }
+            }
+        }
     }
 
     #[test]
