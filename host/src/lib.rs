@@ -15,6 +15,7 @@ pub mod io;
 pub mod labels;
 pub mod loss;
 pub mod model;
+pub mod optim;
 pub mod plot;
 pub mod predict;
 pub mod quantize;

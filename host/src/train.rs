@@ -14,7 +14,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
@@ -30,6 +30,7 @@ use crate::io::write_atomic;
 use crate::labels::LabelSpace;
 use crate::loss::{LossConfig, median_frequency_weights};
 use crate::model::{Model, ModelConfig};
+use crate::optim::FusedAdam;
 
 /// Optimiser.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -216,10 +217,8 @@ impl TrainConfig {
         let wd =
             (self.weight_decay > 0.0).then(|| WeightDecayConfig::new(self.weight_decay as f32));
         match self.optimizer {
-            OptimizerKind::Adam => AdamConfig::new().with_weight_decay(wd).init(),
-            OptimizerKind::Adamw => AdamWConfig::new()
-                .with_weight_decay(self.weight_decay as f32)
-                .init(),
+            OptimizerKind::Adam => FusedAdam::adam(self.weight_decay as f32).init(),
+            OptimizerKind::Adamw => FusedAdam::adamw(self.weight_decay as f32).init(),
             OptimizerKind::Sgd => SgdConfig::new()
                 .with_weight_decay(wd)
                 .with_momentum(Some(MomentumConfig {
@@ -678,7 +677,7 @@ pub fn bench_steps(
     device.seed(0);
     let mut net = model.init(&device);
     let params = net.num_params();
-    let mut optim = AdamConfig::new().init();
+    let mut optim = FusedAdam::adam(0.0).init();
     let (h, w) = (size.height as usize, size.width as usize);
     let classes = model.num_classes();
     let x = Tensor::<4>::random(
