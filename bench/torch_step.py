@@ -4,7 +4,7 @@ Builds the same U-Net and LinkNet as `host/src/model/` (same layers, widths and
 upsampling), and times full training steps (forward, cross-entropy, backward,
 Adam update) on random data, like `edgeseg bench-step`.
 
-usage: torch_step.py --model unet|linknet18 --size 256x256 --batch 4 --steps 10 --threads 2
+usage: torch_step.py --model unet|linknet18 [--width 0.5] --size 256x256 --batch 4 --steps 10 --threads 2
 Prints one JSON line: {"framework": "pytorch", "median_s": ..., "steps_s": [...]}.
 """
 
