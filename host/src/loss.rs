@@ -131,7 +131,7 @@ impl LossConfig {
         // First pass, per image: softmax into `grad` (the second pass overwrites it
         // with the gradient), the weighted log-likelihood sums, the Dice sums.
         let mut grad = vec![0f32; logits.len()];
-        let per_image: Vec<Sums> = grad
+        let sums = grad
             .par_chunks_mut(c * hw)
             .zip(logits.par_chunks(c * hw))
             .zip(targets.par_chunks(hw))
@@ -186,10 +186,7 @@ impl LossConfig {
                 }
                 s
             })
-            .collect();
-        let sums = per_image
-            .into_iter()
-            .fold(Sums::new(c), |acc, s| acc.merge(s));
+            .reduce(|| Sums::new(c), Sums::merge);
         let norm = sums.weight.max(EPS);
         let present = sums.dice.iter().filter(|d| d[2] > 0.0).count().max(1) as f64;
         let mut value = 0.0;
@@ -259,18 +256,20 @@ impl LossConfig {
                     }
                     for k in 0..c {
                         let (a, b) = (dice_a[k], dice_b[k]);
-                        for (((e, &d), &g), &t) in
-                            p[plane(k)].iter_mut().zip(&*dl).zip(&*pg).zip(&*class)
+                        let mut sum = 0f32;
+                        for ((((e, &d), &g), &t), &v) in p[plane(k)]
+                            .iter_mut()
+                            .zip(&*dl)
+                            .zip(&*pg)
+                            .zip(&*class)
+                            .zip(&z[plane(k)])
                         {
                             let hot = (t == k) as u8 as f32;
                             let valid = (t != usize::MAX) as u8 as f32;
                             *e = valid * (d * (hot - *e) + *e * (a * hot - b - g));
+                            sum += *e * v;
                         }
-                        dot += p[plane(k)]
-                            .iter()
-                            .zip(&z[plane(k)])
-                            .map(|(&e, &v)| e * v)
-                            .sum::<f32>() as f64;
+                        dot += sum as f64;
                     }
                 }
                 dot

@@ -89,9 +89,11 @@ impl Optimizer for FusedAdam {
         let t = i32::try_from(time).unwrap_or(i32::MAX);
         let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         let lr = lr as f32;
-        let (keep, l2) = match self.decoupled {
-            true => ((1.0 - lr as f64 * self.weight_decay as f64) as f32, 0.0),
-            false => (1.0, self.weight_decay),
+        // AdamW shrinks the weight; Adam adds the decay to the gradient.
+        let (keep, l2) = if self.decoupled {
+            ((1.0 - lr as f64 * self.weight_decay as f64) as f32, 0.0)
+        } else {
+            (1.0, self.weight_decay)
         };
         w.par_chunks_mut(CHUNK)
             .zip(m.par_chunks_mut(CHUNK))

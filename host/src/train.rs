@@ -214,13 +214,12 @@ impl TrainConfig {
     }
 
     fn optimizer(&self) -> ModuleOptimizer {
-        let wd =
-            (self.weight_decay > 0.0).then(|| WeightDecayConfig::new(self.weight_decay as f32));
+        let wd = self.weight_decay as f32;
         match self.optimizer {
-            OptimizerKind::Adam => FusedAdam::adam(self.weight_decay as f32).init(),
-            OptimizerKind::Adamw => FusedAdam::adamw(self.weight_decay as f32).init(),
+            OptimizerKind::Adam => FusedAdam::adam(wd).init(),
+            OptimizerKind::Adamw => FusedAdam::adamw(wd).init(),
             OptimizerKind::Sgd => SgdConfig::new()
-                .with_weight_decay(wd)
+                .with_weight_decay((wd > 0.0).then(|| WeightDecayConfig::new(wd)))
                 .with_momentum(Some(MomentumConfig {
                     momentum: 0.9,
                     dampening: 0.0,
