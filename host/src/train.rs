@@ -155,6 +155,13 @@ pub struct TrainConfig {
     /// validation and the exported model still see whole `size` images.
     #[serde(default)]
     pub crop: Option<Size>,
+    /// Progressive resizing: epochs that start within this fraction of the run
+    /// (of the time budget when one is set, else of the steps) train on
+    /// samples at half `size` on each side, four times cheaper per step, so
+    /// the early, coarse learning takes less of the budget. Validation always
+    /// runs at `size`. 0 trains at `size` throughout.
+    #[serde(default)]
+    pub progressive: f64,
 }
 
 impl TrainConfig {
@@ -188,6 +195,7 @@ impl TrainConfig {
             time_limit: None,
             encoder_weights: None,
             crop: None,
+            progressive: 0.0,
         }
     }
 
@@ -245,6 +253,10 @@ pub struct EpochRecord {
     pub lr: f64,
     /// Wall time of the epoch (training and validation), seconds.
     pub seconds: f64,
+    /// Size of the training samples (half the run's size in the epochs of
+    /// progressive resizing); absent in runs from before it was recorded.
+    #[serde(default)]
+    pub train_size: Option<Size>,
 }
 
 /// Progress of a run, saved as `state.json` after every epoch.
@@ -339,10 +351,12 @@ impl RunDir {
     }
 
     fn write_metrics_csv(&self, history: &[EpochRecord]) -> Result<()> {
-        let mut csv = String::from("epoch,train_loss,val_miou,val_pixel_accuracy,lr,seconds\n");
+        let mut csv =
+            String::from("epoch,train_loss,val_miou,val_pixel_accuracy,lr,seconds,train_size\n");
         for r in history {
+            let size = r.train_size.map(|s| s.to_string()).unwrap_or_default();
             csv += &format!(
-                "{},{:.6},{:.6},{:.6},{:.3e},{:.2}\n",
+                "{},{:.6},{:.6},{:.6},{:.3e},{:.2},{size}\n",
                 r.epoch, r.train_loss, r.val_miou, r.val_pixel_accuracy, r.lr, r.seconds
             );
         }
@@ -529,16 +543,31 @@ pub fn train(
             break;
         }
         let started = Instant::now();
+        let done = ((epoch - 1) * batches_per_epoch) as f64 / total_iters;
+        let t = match config.time_limit {
+            Some(limit) => done.max(elapsed() / limit),
+            None => done,
+        };
+        let half = |s: Size| Size::new(s.width.div_ceil(2), s.height.div_ceil(2));
+        let small = t < config.progressive;
         let plan = BatchPlan {
             batch: config.batch,
-            size: config.size,
+            size: if small {
+                half(config.size)
+            } else {
+                config.size
+            },
             augment: config.augment.clone(),
             normalize: config.normalize.clone(),
             shuffle: Some(firmware::rng::hash3(config.seed, epoch as u64, 7)),
             void: config.labels.void,
             workers: config.workers,
             native_masks: false,
-            crop: config.crop,
+            crop: if small {
+                config.crop.map(half)
+            } else {
+                config.crop
+            },
         };
         let progress = bar(
             batches_per_epoch as u64,
@@ -608,14 +637,20 @@ pub fn train(
             val_pixel_accuracy: matrix.pixel_accuracy(),
             lr,
             seconds: started.elapsed().as_secs_f64(),
+            train_size: Some(plan.crop.unwrap_or(plan.size)),
         };
         log(&format!(
-            "epoch {epoch:>3}/{}  train loss {:.4}  val mIoU {:.4}  pixel acc {:.4}  {:.1}s",
+            "epoch {epoch:>3}/{}  train loss {:.4}  val mIoU {:.4}  pixel acc {:.4}  {:.1}s{}",
             config.epochs,
             record.train_loss,
             record.val_miou,
             record.val_pixel_accuracy,
-            record.seconds
+            record.seconds,
+            if small {
+                format!("  (trained at {})", plan.size)
+            } else {
+                String::new()
+            }
         ));
         // Weights first, then the state that points at them: a crash between the
         // two leaves the previous, consistent state.
@@ -810,6 +845,46 @@ mod tests {
         }
         assert_eq!(summary.last_matrix.total(), labelled);
         assert_eq!(run.config().unwrap().crop, Some(Size::new(32, 32)));
+    }
+
+    #[test]
+    fn progressive_resizing_trains_the_first_epochs_at_half_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, run) = tiny(dir.path(), 12);
+        let config = TrainConfig {
+            size: Size::new(64, 48),
+            progressive: 0.5,
+            ..config
+        };
+        let summary = train(&config, &run, false, true, |_| {}).unwrap();
+        let h = &summary.state.history;
+        let sizes: Vec<_> = h
+            .iter()
+            .map(|r| r.train_size.unwrap().to_string())
+            .collect();
+        // Epochs 1-6 start before half of the steps are done.
+        let want: Vec<_> = (0..12)
+            .map(|e| if e < 6 { "32x24" } else { "64x48" })
+            .collect();
+        assert_eq!(sizes, want);
+        assert!(
+            h[11].train_loss < 0.85 * h[0].train_loss
+                && h[11].val_pixel_accuracy > h[0].val_pixel_accuracy,
+            "the run must train across the change of size: {h:?}"
+        );
+        // Validation always scores the whole 64x48 scenes.
+        let (_, val) = config.sources().unwrap();
+        let labelled: u64 = (0..val.len())
+            .map(|i| {
+                let mask = val.load(i).unwrap().mask;
+                assert_eq!(mask.dimensions(), (64, 48));
+                mask.pixels().filter(|p| p[0] != config.labels.void).count() as u64
+            })
+            .sum();
+        assert_eq!(summary.last_matrix.total(), labelled);
+        let csv = std::fs::read_to_string(run.file("metrics.csv")).unwrap();
+        assert!(csv.lines().nth(1).unwrap().ends_with(",32x24"), "{csv}");
+        assert!(csv.lines().nth(12).unwrap().ends_with(",64x48"), "{csv}");
     }
 
     #[test]
