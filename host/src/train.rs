@@ -536,6 +536,15 @@ pub fn train(
     let spent_before: f64 = state.history.iter().map(|r| r.seconds).sum();
     let run_started = Instant::now();
     let elapsed = || spent_before + run_started.elapsed().as_secs_f64();
+    // How far the run is after `steps` steps, in [0, 1]: by steps, or by the
+    // time budget when that is further along.
+    let progress_after = |steps: usize| {
+        let by_steps = steps as f64 / total_iters;
+        match config.time_limit {
+            Some(limit) => by_steps.max(elapsed() / limit),
+            None => by_steps,
+        }
+    };
     let mut out_of_time = false;
     for epoch in state.epochs_done + 1..=config.epochs {
         if config.time_limit.is_some_and(|limit| elapsed() >= limit) {
@@ -543,13 +552,8 @@ pub fn train(
             break;
         }
         let started = Instant::now();
-        let done = ((epoch - 1) * batches_per_epoch) as f64 / total_iters;
-        let t = match config.time_limit {
-            Some(limit) => done.max(elapsed() / limit),
-            None => done,
-        };
         let half = |s: Size| Size::new(s.width.div_ceil(2), s.height.div_ceil(2));
-        let small = t < config.progressive;
+        let small = progress_after((epoch - 1) * batches_per_epoch) < config.progressive;
         let plan = BatchPlan {
             batch: config.batch,
             size: if small {
@@ -577,11 +581,7 @@ pub fn train(
         let (mut loss_sum, mut seen, mut lr) = (0.0f64, 0usize, config.lr);
         for (i, batch) in batches(&train_source, &plan).enumerate() {
             let batch = batch?;
-            let by_steps = ((epoch - 1) * batches_per_epoch + i) as f64 / total_iters;
-            let t = match config.time_limit {
-                Some(limit) => by_steps.max(elapsed() / limit),
-                None => by_steps,
-            };
+            let t = progress_after((epoch - 1) * batches_per_epoch + i);
             lr = config.schedule.rate(config.lr, t, config.warmup);
             let (h, w) = (batch.size.height as usize, batch.size.width as usize);
             let x = Tensor::<4>::from_data(
@@ -639,6 +639,10 @@ pub fn train(
             seconds: started.elapsed().as_secs_f64(),
             train_size: Some(plan.crop.unwrap_or(plan.size)),
         };
+        let trained_at = match record.train_size {
+            Some(size) if small => format!("  (trained at {size})"),
+            _ => String::new(),
+        };
         log(&format!(
             "epoch {epoch:>3}/{}  train loss {:.4}  val mIoU {:.4}  pixel acc {:.4}  {:.1}s{}",
             config.epochs,
@@ -646,11 +650,7 @@ pub fn train(
             record.val_miou,
             record.val_pixel_accuracy,
             record.seconds,
-            if small {
-                format!("  (trained at {})", plan.size)
-            } else {
-                String::new()
-            }
+            trained_at
         ));
         // Weights first, then the state that points at them: a crash between the
         // two leaves the previous, consistent state.
