@@ -552,26 +552,25 @@ pub fn train(
             break;
         }
         let started = Instant::now();
-        let half = |s: Size| Size::new(s.width.div_ceil(2), s.height.div_ceil(2));
+        // Progressive resizing: half the size on each side early in the run.
         let small = progress_after((epoch - 1) * batches_per_epoch) < config.progressive;
+        let scale = |s: Size| {
+            if small {
+                Size::new(s.width.div_ceil(2), s.height.div_ceil(2))
+            } else {
+                s
+            }
+        };
         let plan = BatchPlan {
             batch: config.batch,
-            size: if small {
-                half(config.size)
-            } else {
-                config.size
-            },
+            size: scale(config.size),
             augment: config.augment.clone(),
             normalize: config.normalize.clone(),
             shuffle: Some(firmware::rng::hash3(config.seed, epoch as u64, 7)),
             void: config.labels.void,
             workers: config.workers,
             native_masks: false,
-            crop: if small {
-                config.crop.map(half)
-            } else {
-                config.crop
-            },
+            crop: config.crop.map(scale),
         };
         let progress = bar(
             batches_per_epoch as u64,
@@ -630,6 +629,7 @@ pub fn train(
             &eval_device,
             |_| {},
         )?;
+        let train_size = plan.crop.unwrap_or(plan.size);
         let record = EpochRecord {
             epoch,
             train_loss: loss_sum / seen.max(1) as f64,
@@ -637,11 +637,12 @@ pub fn train(
             val_pixel_accuracy: matrix.pixel_accuracy(),
             lr,
             seconds: started.elapsed().as_secs_f64(),
-            train_size: Some(plan.crop.unwrap_or(plan.size)),
+            train_size: Some(train_size),
         };
-        let trained_at = match record.train_size {
-            Some(size) if small => format!("  (trained at {size})"),
-            _ => String::new(),
+        let trained_at = if small {
+            format!("  (trained at {train_size})")
+        } else {
+            String::new()
         };
         log(&format!(
             "epoch {epoch:>3}/{}  train loss {:.4}  val mIoU {:.4}  pixel acc {:.4}  {:.1}s{}",
@@ -817,6 +818,18 @@ mod tests {
         assert!(!run.path.exists());
     }
 
+    /// Non-void pixels of the validation masks, each asserted to be `dims`.
+    fn labelled_val_pixels(config: &TrainConfig, dims: (u32, u32)) -> u64 {
+        let (_, val) = config.sources().unwrap();
+        (0..val.len())
+            .map(|i| {
+                let mask = val.load(i).unwrap().mask;
+                assert_eq!(mask.dimensions(), dims);
+                mask.pixels().filter(|p| p[0] != config.labels.void).count() as u64
+            })
+            .sum()
+    }
+
     #[test]
     fn trains_on_crops_and_validates_on_whole_images() {
         let dir = tempfile::tempdir().unwrap();
@@ -836,14 +849,10 @@ mod tests {
             "crops must train: {h:?}"
         );
         // Validation scored every labelled pixel of the whole 64x48 scenes.
-        let (_, val) = config.sources().unwrap();
-        let mut labelled = 0;
-        for i in 0..val.len() {
-            let mask = val.load(i).unwrap().mask;
-            assert_eq!(mask.dimensions(), (64, 48));
-            labelled += mask.pixels().filter(|p| p[0] != config.labels.void).count() as u64;
-        }
-        assert_eq!(summary.last_matrix.total(), labelled);
+        assert_eq!(
+            summary.last_matrix.total(),
+            labelled_val_pixels(&config, (64, 48))
+        );
         assert_eq!(run.config().unwrap().crop, Some(Size::new(32, 32)));
     }
 
@@ -873,15 +882,10 @@ mod tests {
             "the run must train across the change of size: {h:?}"
         );
         // Validation always scores the whole 64x48 scenes.
-        let (_, val) = config.sources().unwrap();
-        let labelled: u64 = (0..val.len())
-            .map(|i| {
-                let mask = val.load(i).unwrap().mask;
-                assert_eq!(mask.dimensions(), (64, 48));
-                mask.pixels().filter(|p| p[0] != config.labels.void).count() as u64
-            })
-            .sum();
-        assert_eq!(summary.last_matrix.total(), labelled);
+        assert_eq!(
+            summary.last_matrix.total(),
+            labelled_val_pixels(&config, (64, 48))
+        );
         let csv = std::fs::read_to_string(run.file("metrics.csv")).unwrap();
         assert!(csv.lines().nth(1).unwrap().ends_with(",32x24"), "{csv}");
         assert!(csv.lines().nth(12).unwrap().ends_with(",64x48"), "{csv}");
