@@ -153,7 +153,8 @@ pub fn run(options: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoRepor
         }
     };
 
-    // 2. Training: LinkNet-18 at half width gave the best mIoU per minute here.
+    // 2. Training: LinkNet-18 at half width gave the best mIoU per minute here,
+    // with the stem skip for thin objects (BENCHMARKS.md, synth-ad against synth-y).
     let data = DataSpec {
         root: Some(data_root.clone()),
         val_fraction: 0.2,
@@ -162,7 +163,7 @@ pub fn run(options: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoRepor
         seed: options.seed,
     };
     let labels = Source::open(&data, "train", size)?.labels();
-    let model = ModelConfig::linknet(labels.num_classes(), 18, 0.5);
+    let model = ModelConfig::linknet(labels.num_classes(), 18, 0.5).with_stem_skip(true);
     let mut config = TrainConfig::new(model, size);
     config.data = data.clone();
     config.labels = labels;

@@ -412,5 +412,7 @@ mod tests {
     fn linknet_exports_and_tract_agrees() {
         check(ModelConfig::linknet(11, 18, 0.125), Size::new(64, 48));
         check(ModelConfig::linknet(3, 34, 0.125), Size::new(45, 70));
+        let skip = ModelConfig::linknet(11, 18, 0.125).with_stem_skip(true);
+        check(skip, Size::new(45, 70));
     }
 }

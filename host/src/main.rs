@@ -241,6 +241,10 @@ struct TrainArgs {
     /// U-Net: bilinear upsampling instead of transposed convolutions.
     #[arg(long)]
     bilinear: bool,
+    /// LinkNet: add the stem's half-resolution features to the last decoder
+    /// stage (not in the paper) for objects a few pixels wide, such as poles.
+    #[arg(long)]
+    stem_skip: bool,
     /// Training and model input size as WIDTHxHEIGHT; images are resized to it.
     #[arg(long, default_value = "256x192")]
     size: Size,
@@ -360,7 +364,8 @@ impl TrainArgs {
             },
             Arch::Linknet18 => ModelConfig::linknet(classes, 18, self.width),
             Arch::Linknet34 => ModelConfig::linknet(classes, 34, self.width),
-        };
+        }
+        .with_stem_skip(self.stem_skip);
         let mut c = host::train::TrainConfig::new(model, self.size);
         c.data = data;
         c.labels = labels;

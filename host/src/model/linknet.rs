@@ -3,7 +3,9 @@
 //! with a ResNet-18 or ResNet-34 encoder (He et al. 2016) as in the paper.
 //!
 //! Differences from the paper: a `width` multiplier scales every channel count
-//! for small boards (1.0 is the paper's network).
+//! for small boards (1.0 is the paper's network), and an optional skip from the
+//! stem's half-resolution output into the last decoder stage (`stem_skip`, off
+//! by default) for objects only a few pixels wide.
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::ConvTranspose2d;
@@ -28,6 +30,12 @@ pub struct LinkNetConfig {
     /// Multiplier of every channel count (1.0 = 64..512 as in the paper).
     #[config(default = 1.0)]
     pub width: f32,
+    /// Add the stem convolution's output (half resolution), through a 1x1
+    /// convolution and batch norm, to the final transposed convolution's output.
+    /// The paper's network has no connection finer than a quarter resolution,
+    /// which loses poles and fences one to four pixels wide.
+    #[config(default = false)]
+    pub stem_skip: bool,
 }
 
 impl LinkNetConfig {
@@ -76,6 +84,9 @@ impl LinkNetConfig {
                 .init(),
             stages,
             decoders,
+            stem_skip: self
+                .stem_skip
+                .then(|| ConvBnRelu::new(c[0], half, 1, 1, device)),
             final_up: UpBnRelu::new(c[0], half, 3, device),
             final_conv: ConvBnRelu::new(half, half, 3, 1, device),
             classifier: up2(half, self.num_classes, 2, true, device),
@@ -173,6 +184,7 @@ pub struct LinkNet {
     pool: MaxPool2d,
     stages: Vec<Vec<BasicBlock>>,
     decoders: Vec<DecoderBlock>,
+    stem_skip: Option<ConvBnRelu>,
     final_up: UpBnRelu,
     final_conv: ConvBnRelu,
     classifier: ConvTranspose2d,
@@ -190,7 +202,8 @@ impl LinkNet {
     /// - returns `[batch, num_classes, height, width]`
     pub fn forward(&self, images: Tensor<4>) -> Tensor<4> {
         let (x, size) = pad_to_multiple(images, Self::STRIDE);
-        let mut x = self.pool.forward(self.stem.forward(x)); // [b, c0, h/4, w/4]
+        let stem = self.stem.forward(x); // [b, c0, h/2, w/2]
+        let mut x = self.pool.forward(stem.clone()); // [b, c0, h/4, w/4]
         let mut encoded = Vec::with_capacity(4);
         for stage in &self.stages {
             for block in stage {
@@ -204,15 +217,19 @@ impl LinkNet {
             d = self.decoders[i].forward(d + encoded[i].clone());
         }
         // [b, c0, h/4, w/4] after decoder 0.
-        let x = self.final_conv.forward(self.final_up.forward(d)); // [b, c0/2, h/2, w/2]
+        let mut x = self.final_up.forward(d); // [b, c0/2, h/2, w/2]
+        if let Some(skip) = &self.stem_skip {
+            x = x + skip.forward_linear(stem);
+        }
+        let x = self.final_conv.forward(x); // [b, c0/2, h/2, w/2]
         crop(self.classifier.forward(x), size) // [b, classes, h, w]
     }
 
     /// Adds [`LinkNet::forward`] to `g`, reading the graph's input.
     pub fn export(&self, g: &mut Graph) -> GraphResult<Value> {
         let (x, size) = export::pad_input(g, Self::STRIDE)?;
-        let x = self.stem.export(g, "stem", x)?;
-        let mut x = export::max_pool(g, "stem.pool", &self.pool, x)?;
+        let stem = self.stem.export(g, "stem", x)?;
+        let mut x = export::max_pool(g, "stem.pool", &self.pool, stem)?;
         let mut encoded = Vec::with_capacity(4);
         for (i, stage) in self.stages.iter().enumerate() {
             for (j, block) in stage.iter().enumerate() {
@@ -225,7 +242,11 @@ impl LinkNet {
             let sum = g.add(format!("decoder{i}.skip"), Op::Add, &[d, encoded[i]])?;
             d = self.decoders[i].export(g, &format!("decoder{i}"), sum)?;
         }
-        let x = self.final_up.export(g, "final_up", d)?;
+        let mut x = self.final_up.export(g, "final_up", d)?;
+        if let Some(skip) = &self.stem_skip {
+            let s = skip.export_linear(g, "stem_skip", stem)?;
+            x = g.add("stem_skip.add".to_string(), Op::Add, &[x, s])?;
+        }
         let x = self.final_conv.export(g, "final_conv", x)?;
         let x = export::conv_transpose(g, "classifier", &self.classifier, x)?;
         export::crop_output(g, x, size)

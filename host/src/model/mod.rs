@@ -36,6 +36,10 @@ pub enum ModelConfig {
         blocks: [usize; 4],
         /// Channel multiplier.
         width: f32,
+        /// A skip from the stem's half-resolution output into the last decoder
+        /// stage (not in the paper; absent in configs from before it existed).
+        #[serde(default)]
+        stem_skip: bool,
     },
 }
 
@@ -61,6 +65,25 @@ impl ModelConfig {
             num_classes,
             blocks,
             width,
+            stem_skip: false,
+        }
+    }
+
+    /// The same model with LinkNet's stem skip switched on or off (U-Net has none).
+    pub fn with_stem_skip(self, on: bool) -> ModelConfig {
+        match self {
+            ModelConfig::Linknet {
+                num_classes,
+                blocks,
+                width,
+                ..
+            } => ModelConfig::Linknet {
+                num_classes,
+                blocks,
+                width,
+                stem_skip: on,
+            },
+            unet => unet,
         }
     }
 
@@ -68,13 +91,20 @@ impl ModelConfig {
     pub fn name(&self) -> String {
         match self {
             ModelConfig::Unet { base_width, .. } => format!("unet{base_width}"),
-            ModelConfig::Linknet { blocks, width, .. } => {
+            ModelConfig::Linknet {
+                blocks,
+                width,
+                stem_skip,
+                ..
+            } => {
                 let depth = if blocks == &[3, 4, 6, 3] { 34 } else { 18 };
-                if *width == 1.0 {
-                    format!("linknet{depth}")
+                let width = if *width == 1.0 {
+                    String::new()
                 } else {
-                    format!("linknet{depth}x{width}")
-                }
+                    format!("x{width}")
+                };
+                let skip = if *stem_skip { "+stemskip" } else { "" };
+                format!("linknet{depth}{width}{skip}")
             }
         }
     }
@@ -108,11 +138,13 @@ impl ModelConfig {
                 num_classes,
                 blocks,
                 width,
+                stem_skip,
             } => Model::Linknet(
                 LinkNetConfig::new()
                     .with_num_classes(num_classes)
                     .with_blocks(blocks)
                     .with_width(width)
+                    .with_stem_skip(stem_skip)
                     .init(device),
             ),
         }
@@ -186,15 +218,34 @@ mod tests {
         let deep = ModelConfig::linknet(3, 34, 0.125);
         assert_eq!(shape_of(&deep, 33, 33), [2, 3, 33, 33]);
         assert_eq!(shape_of(&deep, 7, 5), [2, 3, 7, 5]);
+        let skip = ModelConfig::linknet(11, 18, 0.125).with_stem_skip(true);
+        assert_eq!(shape_of(&skip, 45, 70), [2, 11, 45, 70]);
+        assert_eq!(shape_of(&skip, 7, 5), [2, 11, 7, 5]);
     }
 
     #[test]
     fn config_round_trips_through_json() {
-        for config in [ModelConfig::unet(11, 16), ModelConfig::linknet(11, 34, 0.5)] {
+        for config in [
+            ModelConfig::unet(11, 16),
+            ModelConfig::linknet(11, 34, 0.5),
+            ModelConfig::linknet(11, 18, 0.5).with_stem_skip(true),
+        ] {
             let json = serde_json::to_string(&config).unwrap();
             assert_eq!(serde_json::from_str::<ModelConfig>(&json).unwrap(), config);
         }
+        // A config.json written before the stem skip existed still loads, without it.
+        let old = r#"{"architecture":"linknet","num_classes":11,"blocks":[2,2,2,2],"width":0.5}"#;
+        assert_eq!(
+            serde_json::from_str::<ModelConfig>(old).unwrap(),
+            ModelConfig::linknet(11, 18, 0.5)
+        );
         assert_eq!(ModelConfig::linknet(11, 34, 0.5).name(), "linknet34x0.5");
+        assert_eq!(
+            ModelConfig::linknet(11, 18, 1.0)
+                .with_stem_skip(true)
+                .name(),
+            "linknet18+stemskip"
+        );
         assert_eq!(ModelConfig::unet(11, 16).name(), "unet16");
     }
 }
