@@ -203,7 +203,12 @@ impl LinkNet {
     pub fn forward(&self, images: Tensor<4>) -> Tensor<4> {
         let (x, size) = pad_to_multiple(images, Self::STRIDE);
         let stem = self.stem.forward(x); // [b, c0, h/2, w/2]
-        let mut x = self.pool.forward(stem.clone()); // [b, c0, h/4, w/4]
+        // Projected now, so the stem's output is not held through the network.
+        let fine = self
+            .stem_skip
+            .as_ref()
+            .map(|p| p.forward_linear(stem.clone())); // [b, c0/2, h/2, w/2]
+        let mut x = self.pool.forward(stem); // [b, c0, h/4, w/4]
         let mut encoded = Vec::with_capacity(4);
         for stage in &self.stages {
             for block in stage {
@@ -218,8 +223,8 @@ impl LinkNet {
         }
         // [b, c0, h/4, w/4] after decoder 0.
         let mut x = self.final_up.forward(d); // [b, c0/2, h/2, w/2]
-        if let Some(skip) = &self.stem_skip {
-            x = x + skip.forward_linear(stem);
+        if let Some(fine) = fine {
+            x = x + fine;
         }
         let x = self.final_conv.forward(x); // [b, c0/2, h/2, w/2]
         crop(self.classifier.forward(x), size) // [b, classes, h, w]
@@ -245,7 +250,7 @@ impl LinkNet {
         let mut x = self.final_up.export(g, "final_up", d)?;
         if let Some(skip) = &self.stem_skip {
             let s = skip.export_linear(g, "stem_skip", stem)?;
-            x = g.add("stem_skip.add".to_string(), Op::Add, &[x, s])?;
+            x = g.add("stem_skip.add", Op::Add, &[x, s])?;
         }
         let x = self.final_conv.export(g, "final_conv", x)?;
         let x = export::conv_transpose(g, "classifier", &self.classifier, x)?;

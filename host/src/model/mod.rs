@@ -70,21 +70,11 @@ impl ModelConfig {
     }
 
     /// The same model with LinkNet's stem skip switched on or off (U-Net has none).
-    pub fn with_stem_skip(self, on: bool) -> ModelConfig {
-        match self {
-            ModelConfig::Linknet {
-                num_classes,
-                blocks,
-                width,
-                ..
-            } => ModelConfig::Linknet {
-                num_classes,
-                blocks,
-                width,
-                stem_skip: on,
-            },
-            unet => unet,
+    pub fn with_stem_skip(mut self, on: bool) -> ModelConfig {
+        if let ModelConfig::Linknet { stem_skip, .. } = &mut self {
+            *stem_skip = on;
         }
+        self
     }
 
     /// A short name such as `unet16` or `linknet18x0.5`.
