@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Builds a deploy bundle for a board: edgeseg-run for the target, the model, a
-# systemd unit and an install script, in one tar.gz.
+# Builds a deploy bundle for a board: edgeseg-run for the target, the model
+# (the float file and its int8 quantisation NAME.int8.onnx beside it, whichever
+# of the two exist), a systemd unit and an install script, in one tar.gz. The
+# service runs with --precision auto: the board times f32, f16 and int8 at
+# start-up and keeps the fastest whose masks agree with f32's.
 #   deploy/bundle.sh TARGET MODEL.onnx OUT.tar.gz [SOURCE] [SINK...]
+#   EDGESEG_RUN: an edgeseg-run for this machine, to read the model's input
+#   size (default: built with cargo)
 # TARGET: aarch64-unknown-linux-gnu (Raspberry Pi 4/5 with 64-bit OS, Jetson)
 #         or armv7-unknown-linux-gnueabihf (32-bit Raspberry Pi OS).
 # SOURCE and SINKs become the service's command line; by default the Pi camera
@@ -19,14 +24,28 @@ sinks=("$@")
 [ -f "$model" ] || { echo "model $model: no such file" >&2; exit 1; }
 
 cargo build -q --release -p firmware --bin edgeseg-run --target "$target"
+if [ -n "${EDGESEG_RUN:-}" ]; then
+    host_run=("$EDGESEG_RUN")
+else
+    host_run=(cargo run -q --release -p firmware --bin edgeseg-run --)
+fi
+info=$("${host_run[@]}" --model "$model" --info --precision auto 2>/dev/null)
+size=$(sed -E 's/.*"input_size":"([0-9]+x[0-9]+)".*/\1/' <<<"$info")
+precision=$(sed -E 's/.*"precision":"(float32|int8)".*/\1/' <<<"$info")
+# The pair: NAME.onnx and NAME.int8.onnx.
+case "$precision" in
+int8) float=${model%.int8.onnx}.onnx int8=$model ;;
+*) float=$model int8=${model%.onnx}.int8.onnx ;;
+esac
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 root=$stage/edgeseg
 mkdir -p "$root"
 cp "target/$target/release/edgeseg-run" "$root/"
-cp "$model" "$root/model.onnx"
-size=$(cargo run -q -p firmware --bin edgeseg-run -- --model "$model" --info |
-    sed -E 's/.*"input_size":"([0-9]+x[0-9]+)".*/\1/')
+models=()
+[ -f "$float" ] && cp "$float" "$root/model.onnx" && models+=(model.onnx)
+[ -f "$int8" ] && [ "$int8" != "$float" ] && cp "$int8" "$root/model.int8.onnx" && models+=(model.int8.onnx)
+main_model=/opt/edgeseg/${models[0]}
 sink_args=""
 for s in "${sinks[@]}"; do sink_args+=" --sink $s"; done
 if [ -z "$source_spec" ]; then
@@ -34,9 +53,9 @@ if [ -z "$source_spec" ]; then
     w=${size%x*} h=${size#*x}
     w=$((w * 4 > 1920 ? 1920 : w * 4)) h=$((h * 4 > 1080 ? 1080 : h * 4))
     # edgeseg-run starts the camera itself and restarts it with backoff if it goes away.
-    exec_line="/opt/edgeseg/edgeseg-run --model /opt/edgeseg/model.onnx --source stdin:yuv420:${w}x${h} --exec \"rpicam-vid -t 0 -n --codec yuv420 --width $w --height $h -o -\"${sink_args}"
+    exec_line="/opt/edgeseg/edgeseg-run --model $main_model --precision auto --source stdin:yuv420:${w}x${h} --exec \"rpicam-vid -t 0 -n --codec yuv420 --width $w --height $h -o -\"${sink_args}"
 else
-    exec_line="/opt/edgeseg/edgeseg-run --model /opt/edgeseg/model.onnx --source $source_spec${sink_args}"
+    exec_line="/opt/edgeseg/edgeseg-run --model $main_model --precision auto --source $source_spec${sink_args}"
 fi
 cat >"$root/edgeseg.service" <<UNIT
 [Unit]
@@ -61,7 +80,9 @@ cd "$(dirname "$0")"
 id edgeseg >/dev/null 2>&1 || useradd --system --no-create-home --groups video edgeseg
 install -d /opt/edgeseg
 install -m 755 edgeseg-run /opt/edgeseg/
-install -m 644 model.onnx /opt/edgeseg/
+for m in model.onnx model.int8.onnx; do
+    [ ! -f "$m" ] || install -m 644 "$m" /opt/edgeseg/
+done
 install -m 644 edgeseg.service /etc/systemd/system/
 systemctl daemon-reload
 systemctl enable --now edgeseg.service

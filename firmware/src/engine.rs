@@ -13,6 +13,71 @@ use tract_onnx::tract_core::plan::SimpleState;
 
 use crate::model_info::{MetadataError, ModelInfo};
 
+pub mod winograd;
+
+/// The arithmetic a model runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Precision {
+    /// 32-bit floats: the exported model as it is.
+    F32,
+    /// 16-bit floats: the float model translated at load (tract's `f32_to_f16`);
+    /// fast only where the CPU has half-precision arithmetic (ARMv8.2 `asimdhp`).
+    F16,
+    /// 8-bit integers: the model `edgeseg quantize` wrote.
+    Int8,
+}
+
+impl Precision {
+    /// Every precision, in the order `auto` tries them.
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::F16, Precision::Int8];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Precision, String> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown precision `{s}`; expected f32, f16 or int8"))
+    }
+}
+
+/// How a model is prepared for running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Translate a float model to 16-bit floats before optimising.
+    pub f16: bool,
+    /// Run 3x3 stride-1 float convolutions with Winograd F(2x2, 3x3)
+    /// ([`winograd`]) instead of tract's im2col and matrix product.
+    pub winograd: bool,
+}
+
+impl Default for Options {
+    /// f32 as exported; Winograd on unless `EDGESEG_WINOGRAD=0`.
+    fn default() -> Options {
+        Options {
+            f16: false,
+            winograd: std::env::var("EDGESEG_WINOGRAD").map_or(true, |v| v != "0"),
+        }
+    }
+}
+
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -67,6 +132,9 @@ pub struct Kernel {
     pub integer: bool,
     /// Whether it writes 8-bit results directly (requantisation fused into the kernel).
     pub fused_requantization: bool,
+    /// The name of tract's kernel, e.g. `avx512_mmm_f32_16x12` or
+    /// `arm64simd_mmm_i32_8x8_dot` (empty if the description names none).
+    pub kernel: String,
     /// tract's description: shapes, kernel, fused operations.
     pub description: String,
 }
@@ -84,6 +152,10 @@ pub struct Engine {
     logits: Vec<f32>,
     /// Threads for tract's matrix products.
     executor: Executor,
+    /// The arithmetic the optimised graph runs in.
+    precision: Precision,
+    /// Convolutions replaced by [`winograd::Winograd`].
+    winograd_convs: usize,
 }
 
 /// Prefix tract gives ONNX `metadata_props` among a model's properties (and
@@ -113,6 +185,32 @@ pub fn typed_model_info(model: &TypedModel) -> Result<ModelInfo, MetadataError> 
     ModelInfo::from_props(props.iter().map(|(k, v)| (*k, v.as_str())))
 }
 
+/// Reads the edgeseg metadata of a model file (ONNX or NNEF, see [`is_nnef`])
+/// without optimising it.
+pub fn file_info(path: &Path) -> Result<ModelInfo, EngineError> {
+    let what = path.display().to_string();
+    let metadata = |source| EngineError::Metadata {
+        what: what.clone(),
+        source,
+    };
+    if is_nnef(path) {
+        use tract_onnx::WithOnnx;
+        let model = tract_nnef::nnef()
+            .with_onnx()
+            .model_for_path(path)
+            .map_err(|e| tract_error(&what, e))?;
+        return typed_model_info(&model).map_err(metadata);
+    }
+    let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &bytes[..])
+        .map_err(|e| tract_error(&what, e))?;
+    model_info(&proto).map_err(metadata)
+}
+
 /// Reads the edgeseg metadata of a parsed ONNX file.
 pub fn model_info(proto: &ModelProto) -> Result<ModelInfo, MetadataError> {
     ModelInfo::from_props(
@@ -133,18 +231,32 @@ impl Engine {
     /// Loads an ONNX file written by `edgeseg export` or `edgeseg quantize`, or
     /// its NNEF translation (see [`is_nnef`]).
     pub fn load(path: &Path) -> Result<Engine, EngineError> {
+        Engine::load_with(path, Options::default())
+    }
+
+    /// [`Engine::load`] with `options`.
+    pub fn load_with(path: &Path, options: Options) -> Result<Engine, EngineError> {
         if is_nnef(path) {
-            return Engine::load_nnef(path);
+            return Engine::load_nnef(path, options);
         }
         let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Engine::from_bytes(&bytes, &path.display().to_string())
+        Engine::from_bytes_with(&bytes, &path.display().to_string(), options)
     }
 
     /// Loads a model from the bytes of an ONNX file; `what` names it in errors.
     pub fn from_bytes(bytes: &[u8], what: &str) -> Result<Engine, EngineError> {
+        Engine::from_bytes_with(bytes, what, Options::default())
+    }
+
+    /// [`Engine::from_bytes`] with `options`.
+    pub fn from_bytes_with(
+        bytes: &[u8],
+        what: &str,
+        options: Options,
+    ) -> Result<Engine, EngineError> {
         let onnx = tract_onnx::onnx();
         let proto = onnx
             .proto_model_for_read(&mut &bytes[..])
@@ -153,12 +265,12 @@ impl Engine {
             what: what.into(),
             source,
         })?;
-        Engine::from_proto(&proto, info, what)
+        Engine::from_proto(&proto, info, what, options)
     }
 
     /// Loads an NNEF model (archive or folder) translated from an edgeseg ONNX
     /// file, whose properties carry the metadata.
-    pub fn load_nnef(path: &Path) -> Result<Engine, EngineError> {
+    pub fn load_nnef(path: &Path, options: Options) -> Result<Engine, EngineError> {
         use tract_onnx::WithOnnx;
         let what = path.display().to_string();
         let model = tract_nnef::nnef()
@@ -170,7 +282,7 @@ impl Engine {
             source,
         })?;
         let shape = input_shape(&info);
-        Engine::build(info, &what, move || {
+        Engine::build(info, &what, options, move || {
             let mut model = model;
             model.set_input_fact(0, f32::fact(shape))?;
             model.into_decluttered()
@@ -182,21 +294,24 @@ impl Engine {
         proto: &ModelProto,
         info: ModelInfo,
         what: &str,
+        options: Options,
     ) -> Result<Engine, EngineError> {
         let shape = input_shape(&info);
-        Engine::build(info, what, || {
+        Engine::build(info, what, options, || {
             tract_onnx::onnx()
                 .model_for_proto_model(proto)
                 .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
                 .and_then(|m| m.into_typed())
+                .and_then(|m| m.into_decluttered())
         })
     }
 
-    /// Optimises the typed model `typed` makes under the runtime's knobs and
-    /// checks its output against `info`.
+    /// Optimises the decluttered model `typed` makes under the runtime's knobs
+    /// and `options`, and checks its output against `info`.
     fn build(
         info: ModelInfo,
         what: &str,
+        options: Options,
         typed: impl FnOnce() -> TractResult<TypedModel>,
     ) -> Result<Engine, EngineError> {
         let shape = input_shape(&info);
@@ -208,8 +323,35 @@ impl Engine {
             .filter(|(k, _)| std::env::var_os(k).is_none())
             .collect();
         let scope = KnobScope::new(knobs).map_err(|e| tract_error(what, e))?;
+        let quantized = info.precision == "int8";
+        if options.f16 && quantized {
+            return Err(EngineError::Model {
+                what: what.into(),
+                message: "an int8 model cannot run in f16; give the float model".into(),
+            });
+        }
+        let precision = match (quantized, options.f16) {
+            (true, _) => Precision::Int8,
+            (false, true) => Precision::F16,
+            (false, false) => Precision::F32,
+        };
+        let mut winograd_convs = 0;
         let plan = scope
-            .enter(|| typed()?.into_optimized()?.into_runnable())
+            .enter(|| {
+                let mut model = typed()?;
+                if precision == Precision::F16 {
+                    tract_onnx::tract_core::transform::get_transform("f32_to_f16")?
+                        .ok_or_else(|| {
+                            tract_onnx::tract_core::internal::format_err!(
+                                "tract has no f32_to_f16 transform"
+                            )
+                        })?
+                        .transform(&mut model)?;
+                } else if options.winograd {
+                    winograd_convs = winograd::substitute(&mut model)?;
+                }
+                model.into_optimized()?.into_runnable()
+            })
             .map_err(|e| tract_error(what, e))?;
         let output_shape = plan
             .model()
@@ -234,8 +376,14 @@ impl Engine {
             });
         }
         let state = plan.spawn().map_err(|e| tract_error(what, e))?;
-        let input = Tensor::zero::<f32>(&shape).map_err(|e| tract_error(what, e))?;
+        let input = match precision {
+            Precision::F16 => Tensor::zero::<f16>(&shape),
+            _ => Tensor::zero::<f32>(&shape),
+        }
+        .map_err(|e| tract_error(what, e))?;
         Ok(Engine {
+            precision,
+            winograd_convs,
             logits: vec![0.0; output_shape.iter().product()],
             info,
             plan,
@@ -259,6 +407,16 @@ impl Engine {
     /// The model's metadata.
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// The arithmetic the optimised graph runs in.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// How many convolutions run with Winograd ([`Options::winograd`]).
+    pub fn winograd_convs(&self) -> usize {
+        self.winograd_convs
     }
 
     /// The optimised graph tract runs.
@@ -287,7 +445,13 @@ impl Engine {
             .filter(|n| n.op.name() == "OptMatMul")
             .map(|n| {
                 let description = n.op.info().unwrap_or_default().join("; ");
+                let kernel = description
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .find(|w| w.contains("_mmm_") || w.starts_with("generic_"))
+                    .unwrap_or_default()
+                    .to_string();
                 Kernel {
+                    kernel,
                     node: n.name.clone(),
                     integer: description.contains("PackedI8"),
                     fused_requantization: description.contains(",U8")
@@ -337,10 +501,18 @@ impl Engine {
             self.input = Arc::new((*self.input).clone());
         }
         let tensor = Arc::get_mut(&mut self.input).expect("unique after the check above");
+        let half = self.precision == Precision::F16;
         tensor
             .try_as_plain_ram_mut()
             .and_then(|mut view| {
-                view.as_slice_mut::<f32>()?.copy_from_slice(input);
+                if half {
+                    let dst = view.as_slice_mut::<f16>()?;
+                    for (d, &s) in dst.iter_mut().zip(input) {
+                        *d = f16::from_f32(s);
+                    }
+                } else {
+                    view.as_slice_mut::<f32>()?.copy_from_slice(input);
+                }
                 Ok(())
             })
             .map_err(|e| tract_error("input", e))?;

@@ -36,6 +36,8 @@ pub mod outputs;
 #[cfg(feature = "std")]
 pub mod pipeline;
 pub mod post;
+#[cfg(feature = "std")]
+pub mod precision;
 pub mod protocol;
 pub mod rng;
 #[cfg(feature = "std")]

@@ -67,6 +67,11 @@ impl Segmenter {
         self.engine.set_threads(threads);
     }
 
+    /// The engine running the model.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// The model's metadata.
     pub fn info(&self) -> &ModelInfo {
         self.engine.info()
@@ -85,6 +90,12 @@ impl Segmenter {
     /// The class mask of the last frame segmented, at [`Segmenter::mask_size`].
     pub fn mask(&self) -> &[u8] {
         &self.mask
+    }
+
+    /// tract's per-node times for one more run of the last frame's input,
+    /// slowest first (see [`Engine::profile`]).
+    pub fn profile_last(&mut self) -> Result<Vec<(String, String, f64)>, EngineError> {
+        self.engine.profile(&self.input)
     }
 
     /// Segments `frame`; the result is in [`Segmenter::mask`].

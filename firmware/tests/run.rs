@@ -14,14 +14,14 @@ use tract_onnx::pb;
 const W: u32 = 64;
 const H: u32 = 48;
 
-fn write_model(path: &Path) {
-    let float = |name: &str, dims: &[i64], v: &[f32]| pb::TensorProto {
-        name: name.into(),
-        dims: dims.to_vec(),
-        data_type: pb::tensor_proto::DataType::Float as i32,
-        raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ..Default::default()
-    };
+/// An ONNX file of `nodes` from `image` (1x3xHxW) to `logits` (1x3xHxW) with
+/// `initializers`, carrying the metadata of a 3-class model in `precision`.
+fn write_graph(
+    path: &Path,
+    nodes: Vec<pb::NodeProto>,
+    initializers: Vec<pb::TensorProto>,
+    precision: &str,
+) {
     let info_of = |name: &str, dims: &[i64]| pb::ValueInfoProto {
         name: name.into(),
         r#type: Some(pb::TypeProto {
@@ -41,7 +41,6 @@ fn write_model(path: &Path) {
         }),
         ..Default::default()
     };
-    let identity = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
     let info = ModelInfo {
         class_names: vec!["red".into(), "green".into(), "blue".into()],
         palette: vec![[255, 0, 0], [0, 255, 0], [0, 0, 255]],
@@ -51,7 +50,7 @@ fn write_model(path: &Path) {
         std: [1.0; 3],
         architecture: "dominant-channel".into(),
         val_miou: 1.0,
-        precision: "float32".into(),
+        precision: precision.into(),
     };
     let model = pb::ModelProto {
         ir_version: 8,
@@ -60,13 +59,8 @@ fn write_model(path: &Path) {
             version: 13,
         }],
         graph: Some(pb::GraphProto {
-            node: vec![pb::NodeProto {
-                op_type: "Conv".into(),
-                input: vec!["image".into(), "w".into()],
-                output: vec!["logits".into()],
-                ..Default::default()
-            }],
-            initializer: vec![float("w", &[3, 3, 1, 1], &identity)],
+            node: nodes,
+            initializer: initializers,
             input: vec![info_of("image", &[1, 3, H as i64, W as i64])],
             output: vec![info_of("logits", &[1, 3, H as i64, W as i64])],
             ..Default::default()
@@ -79,6 +73,83 @@ fn write_model(path: &Path) {
         ..Default::default()
     };
     std::fs::write(path, model.encode_to_vec()).unwrap();
+}
+
+fn tensor(
+    name: &str,
+    dims: &[i64],
+    kind: pb::tensor_proto::DataType,
+    raw: Vec<u8>,
+) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: kind as i32,
+        raw_data: raw,
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: op.into(),
+        input: inputs.iter().map(|i| i.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    }
+}
+
+/// A float model whose classes are the dominant colour channel: a 1x1
+/// convolution with the identity kernel.
+fn write_model(path: &Path) {
+    let identity = [1.0f32, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+    let w = identity.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let float = pb::tensor_proto::DataType::Float;
+    write_graph(
+        path,
+        vec![node("Conv", &["image", "w"], "logits")],
+        vec![tensor("w", &[3, 3, 1, 1], float, w)],
+        "float32",
+    );
+}
+
+/// The int8 form of [`write_model`] (QuantizeLinear, QLinearConv,
+/// DequantizeLinear), with the output channels of the kernel rotated by
+/// `rotate`: 0 agrees with the float model, 1 calls red green.
+fn write_int8_model(path: &Path, rotate: usize) {
+    use pb::tensor_proto::DataType;
+    let mut w = [0i8; 9];
+    for o in 0..3 {
+        w[o * 3 + (o + rotate) % 3] = 127;
+    }
+    let scalar = |name: &str, v: f32| tensor(name, &[], DataType::Float, v.to_le_bytes().to_vec());
+    write_graph(
+        path,
+        vec![
+            node("QuantizeLinear", &["image", "xs", "xz"], "xq"),
+            node(
+                "QLinearConv",
+                &["xq", "xs", "xz", "wq", "ws", "wz", "ys", "yz"],
+                "yq",
+            ),
+            node("DequantizeLinear", &["yq", "ys", "yz"], "logits"),
+        ],
+        vec![
+            scalar("xs", 1.0 / 255.0),
+            tensor("xz", &[], DataType::Uint8, vec![0]),
+            tensor(
+                "wq",
+                &[3, 3, 1, 1],
+                DataType::Int8,
+                w.iter().map(|&v| v as u8).collect(),
+            ),
+            scalar("ws", 1.0 / 127.0),
+            tensor("wz", &[], DataType::Int8, vec![0]),
+            scalar("ys", 1.0 / 255.0),
+            tensor("yz", &[], DataType::Uint8, vec![0]),
+        ],
+        "int8",
+    )
 }
 
 fn run(args: &[&str], stdin: &[u8]) -> (String, String, bool) {
@@ -485,4 +556,85 @@ fn v4l2_source_errors_name_the_device() {
     } else {
         assert!(stderr.contains("--features v4l2"), "{stderr}");
     }
+}
+
+/// `--precision auto` keeps float when the int8 model beside it disagrees,
+/// however fast it is; a faithful int8 model agrees and is timed.
+#[test]
+fn auto_precision_keeps_float_when_int8_disagrees() {
+    use firmware::engine::{Options, Precision};
+    use firmware::precision::{Choice, CpuFeatures, ModelFiles, select};
+    let dir = tempfile::tempdir().unwrap();
+    let float = dir.path().join("model.onnx");
+    let int8 = dir.path().join("model.int8.onnx");
+    write_model(&float);
+    // Try int8 whatever this CPU has, so that the gate is what decides.
+    let cpu = CpuFeatures {
+        names: Vec::new(),
+        f16_arithmetic: false,
+        int8_dot: true,
+    };
+    let auto =
+        |files: &ModelFiles| select(files, Choice::Auto, &cpu, Options::default(), 1).unwrap();
+
+    write_int8_model(&int8, 1);
+    let files = ModelFiles::around(&float, false);
+    assert_eq!(files.int8.as_deref(), Some(int8.as_path()));
+    let chosen = auto(&files);
+    let trials: Vec<_> = chosen.trials.iter().map(|t| t.precision).collect();
+    assert_eq!(
+        trials,
+        [Precision::F32, Precision::Int8],
+        "{}",
+        chosen.summary
+    );
+    assert!(chosen.trials[1].agreement < 0.5, "{:?}", chosen.trials);
+    assert_eq!(chosen.segmenter.engine().precision(), Precision::F32);
+    assert!(
+        chosen.summary.starts_with("precision f32 chosen"),
+        "{}",
+        chosen.summary
+    );
+
+    write_int8_model(&int8, 0);
+    let chosen = auto(&files);
+    assert!(chosen.trials[1].agreement >= 0.99, "{:?}", chosen.trials);
+    let fastest = if chosen.trials[1].median_ms < chosen.trials[0].median_ms {
+        Precision::Int8
+    } else {
+        Precision::F32
+    };
+    assert_eq!(
+        chosen.segmenter.engine().precision(),
+        fastest,
+        "{}",
+        chosen.summary
+    );
+
+    // The binary: each precision runs the file it names, and says so.
+    let model = float.to_str().unwrap();
+    for (precision, file) in [("int8", &int8), ("f32", &float), ("f16", &float)] {
+        let (stdout, stderr, ok) =
+            run(&["--model", model, "--precision", precision, "--info"], b"");
+        assert!(ok, "{stderr}");
+        let info: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(info["running"]["precision"], precision, "{stdout}");
+        assert_eq!(info["running"]["file"], file.to_str().unwrap(), "{stdout}");
+        assert!(
+            info["cpu_features"].as_array().unwrap().len() > 0,
+            "{stdout}"
+        );
+    }
+    // Without a float model there is no f16.
+    let alone = dir.path().join("alone.int8.onnx");
+    std::fs::copy(&int8, &alone).unwrap();
+    let (_, stderr, ok) = run(
+        &["--model", alone.to_str().unwrap(), "--precision", "f16"],
+        b"",
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("--precision f16: no float model"),
+        "{stderr}"
+    );
 }

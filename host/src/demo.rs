@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use firmware::Size;
+use firmware::engine::Options;
+use firmware::precision::{Choice, CpuFeatures, ModelFiles};
 use firmware::segmenter::Segmenter;
 use firmware::sink::{self, STAGES, Sink, StreamOptions, StreamSummary};
 use serde::Serialize;
@@ -89,6 +91,11 @@ pub struct DemoReport {
     pub macs: u64,
     /// tract latency of the float and int8 models on one frame, ms (median).
     pub tract_ms: [f64; 2],
+    /// `edgeseg-run --precision auto` on this machine: each candidate's
+    /// median inference time and agreement with f32 on synthetic scenes.
+    pub precision_trials: Vec<PrecisionTrial>,
+    /// The precision `auto` picked here.
+    pub precision_auto: String,
     /// Frames streamed through the pipeline.
     pub frames: u64,
     /// Pipeline frames per second over the drive.
@@ -100,6 +107,17 @@ pub struct DemoReport {
     pub stream_model: String,
     /// Total demo wall time, seconds.
     pub seconds: f64,
+}
+
+/// One precision as `edgeseg-run --precision auto` timed it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PrecisionTrial {
+    /// `f32`, `f16` or `int8`.
+    pub precision: String,
+    /// Median inference time per frame, ms.
+    pub median_ms: f64,
+    /// Share of pixels whose class equals f32's.
+    pub agreement: f64,
 }
 
 /// Files the demo wrote, relative to its output folder.
@@ -243,6 +261,34 @@ pub fn run(options: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoRepor
     for line in quant.table().lines() {
         log(&format!("      {line}"));
     }
+    // What `edgeseg-run --precision auto` picks on this machine.
+    let files = ModelFiles {
+        float: Some(float_path.clone()),
+        int8: Some(int8_path.clone()),
+    };
+    let selection = firmware::precision::select(
+        &files,
+        Choice::Auto,
+        &CpuFeatures::native(),
+        Options::default(),
+        firmware::segmenter::default_threads(),
+    )
+    .map_err(|e| Error::Invalid(e.to_string()))?;
+    log(&format!(
+        "      edgeseg-run --precision auto: {}",
+        selection.summary
+    ));
+    let precision_auto = selection.segmenter.engine().precision().to_string();
+    let precision_trials = selection
+        .trials
+        .iter()
+        .map(|t| PrecisionTrial {
+            precision: t.precision.to_string(),
+            median_ms: t.median_ms,
+            agreement: t.agreement,
+        })
+        .collect();
+    drop(selection);
 
     // 4. A drive through the runtime's pipeline, as edgeseg-run streams it.
     let source_spec = match &options.data {
@@ -267,7 +313,7 @@ pub fn run(options: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoRepor
     )?;
 
     // 5. The report.
-    let report = make_report(
+    let mut report = make_report(
         options,
         &config,
         &summary.state,
@@ -278,6 +324,8 @@ pub fn run(options: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoRepor
         &drive,
         started.elapsed(),
     );
+    report.precision_trials = precision_trials;
+    report.precision_auto = precision_auto;
     write_atomic(
         &out.join("report.json"),
         &serde_json::to_vec_pretty(&report).expect("serialisable"),
@@ -356,6 +404,8 @@ fn make_report(
         model_bytes_nnef: nnef_bytes,
         macs: export.macs,
         tract_ms: quant.latency_ms,
+        precision_trials: Vec::new(),
+        precision_auto: String::new(),
         frames: drive.totals.processed,
         fps: drive.fps(),
         latency_ms: STAGES
@@ -424,9 +474,22 @@ pub fn markdown(r: &DemoReport) -> String {
         let ms = r.latency_ms.get(stage).and_then(|v| v.as_f64());
         s += &format!("| {stage} | {:.2} |\n", ms.unwrap_or(f64::NAN));
     }
-    if r.tract_ms[1] > 4.0 * r.tract_ms[0] && cfg!(target_arch = "x86_64") {
-        s += "\ntract's int8 matrix kernel for AVX2 is slow on some x86 CPUs (BENCHMARKS.md); \
-              the int8 model is meant for ARM boards, whose int8 kernels use SDOT.\n";
+    s += "\n## Precision on this machine\n\n`edgeseg-run --precision auto` (the default) times \
+          each precision this CPU supports on synthetic scenes at start-up and keeps the \
+          fastest whose masks agree with f32's on 99 % of pixels:\n\n";
+    if r.precision_trials.is_empty() {
+        s += &format!("only one candidate here: **{}**.\n", r.precision_auto);
+    } else {
+        s += "| precision | inference ms | pixels as f32 |\n| --- | --- | --- |\n";
+        for t in &r.precision_trials {
+            s += &format!(
+                "| {} | {:.2} | {:.2} % |\n",
+                t.precision,
+                t.median_ms,
+                100.0 * t.agreement
+            );
+        }
+        s += &format!("\nauto picks **{}** here.\n", r.precision_auto);
     }
     if r.data == SYNTHETIC {
         s += "\nCapture is the synthetic renderer drawing each frame (a camera delivers \

@@ -481,9 +481,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  {}", out.join(file).display());
             }
             println!(
-                "\nOn a Raspberry Pi (after `deploy/bundle.sh aarch64-unknown-linux-gnu {} edgeseg-pi.tar.gz`):\n{}",
-                out.join("model.int8.onnx").display(),
-                host::demo::pi_command("model.int8.onnx")
+                "\nOn a Raspberry Pi (after `deploy/bundle.sh aarch64-unknown-linux-gnu {} edgeseg-pi.tar.gz`,\n\
+                 which ships model.onnx and model.int8.onnx; --precision auto keeps the faster one that agrees):\n{}",
+                out.join("model.onnx").display(),
+                host::demo::pi_command("model.onnx")
             );
             if let Some(addr) = serve {
                 let sink = firmware::sink::Sink::open(&format!("http:{addr}"))?;

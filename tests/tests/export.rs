@@ -160,3 +160,53 @@ fn segmenter_reads_camera_frames() {
     let t = segmenter.times();
     assert!(t.inference > t.postprocess, "{t:?}");
 }
+
+/// edgeseg's Winograd operator against tract's own convolutions on exported
+/// networks at sizes that are not multiples of the tiles: every logit within
+/// 1e-4 of the largest logit's magnitude, and the substitution really made.
+#[test]
+fn winograd_matches_tract_on_exported_models() {
+    use firmware::engine::Options;
+    let dir = tempfile::tempdir().unwrap();
+    let models = [
+        ModelConfig::unet(11, 16),
+        ModelConfig::linknet(11, 18, 0.25).with_stem_skip(true),
+    ];
+    for (i, model) in models.into_iter().enumerate() {
+        let run = tiny_run(&dir.path().join(i.to_string()), model.clone());
+        let config = run.config().unwrap();
+        for size in [firmware::Size::new(61, 45), firmware::Size::new(98, 70)] {
+            let out = dir.path().join(format!("{i}-{size}.onnx"));
+            host::export::export_run(&run, "best.bpk", Some(size), &out, 1).unwrap();
+            let load = |winograd| {
+                let options = Options {
+                    f16: false,
+                    winograd,
+                };
+                Engine::load_with(&out, options).unwrap()
+            };
+            let (mut plain, mut fast) = (load(false), load(true));
+            assert_eq!(plain.winograd_convs(), 0);
+            assert!(
+                fast.winograd_convs() >= 2,
+                "{} at {size}: {} Winograd convolutions",
+                model.name(),
+                fast.winograd_convs()
+            );
+            for input in host::export::validation_inputs(&config, size, 2).unwrap() {
+                let expected = plain.run(&input).unwrap().to_vec();
+                let got = fast.run(&input).unwrap();
+                let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let worst = got
+                    .iter()
+                    .zip(&expected)
+                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    worst <= 1e-4 * scale,
+                    "{} at {size}: max |diff| {worst} against max |logit| {scale}",
+                    model.name()
+                );
+            }
+        }
+    }
+}
