@@ -621,7 +621,7 @@ fn auto_precision_keeps_float_when_int8_disagrees() {
         assert_eq!(info["running"]["precision"], precision, "{stdout}");
         assert_eq!(info["running"]["file"], file.to_str().unwrap(), "{stdout}");
         assert!(
-            info["cpu_features"].as_array().unwrap().len() > 0,
+            !info["cpu_features"].as_array().unwrap().is_empty(),
             "{stdout}"
         );
     }

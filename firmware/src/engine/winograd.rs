@@ -82,93 +82,94 @@ impl Winograd {
 
     /// Convolves `input` (`[ins, h, w]`) into `out` (`[outs, h, w]`), on the
     /// threads of tract's current executor ([`crate::engine::Engine::set_threads`]):
-    /// the input transform split by input channel, then the products and the
-    /// output transform by output channel.
+    /// the tile rows are cut into blocks, and each thread works whole blocks
+    /// (transforms and products), so threads meet only at the end.
     pub fn run(&self, input: &[f32], h: usize, w: usize, out: &mut [f32]) {
         let t = Tiles::new(h, w);
-        let (ins, outs) = (self.ins, self.outs);
         let executor = current_tract_executor();
         let threads = match &executor {
-            Executor::SingleThread => 1,
             Executor::MultiThread(pool) => pool.current_num_threads(),
-            Executor::RayonGlobal => 1,
+            _ => 1,
         };
+        let step = t
+            .block_rows(self.ins + self.outs)
+            .min(t.rows.div_ceil(threads))
+            .max(1);
+        // Block b writes output rows 2 * step * b.. of every plane.
+        let blocks = t.rows.div_ceil(step);
+        let mut rows_out: Vec<Vec<&mut [f32]>> = (0..blocks).map(|_| Vec::new()).collect();
+        for plane in out.chunks_exact_mut(t.plane()) {
+            for (b, chunk) in plane.chunks_mut(2 * step * w).enumerate() {
+                rows_out[b].push(chunk);
+            }
+        }
+        let work: Vec<_> = rows_out
+            .into_iter()
+            .enumerate()
+            .map(|(b, planes)| (b * step..((b + 1) * step).min(t.rows), planes))
+            .collect();
+        let per = work.len().div_ceil(threads);
+        let mut groups: Vec<Vec<_>> = Vec::new();
+        for item in work {
+            match groups.last_mut() {
+                Some(g) if g.len() < per => g.push(item),
+                _ => groups.push(vec![item]),
+            }
+        }
+        split(&executor, groups, |group| {
+            for (rows, mut planes) in group {
+                self.block(input, &t, rows, &mut planes);
+            }
+        });
+    }
+
+    /// The outputs of tile rows `rows`: `planes` holds each output channel's
+    /// rows from `2 * rows.start` on.
+    fn block(&self, input: &[f32], t: &Tiles, rows: Range<usize>, planes: &mut [&mut [f32]]) {
+        let (ins, outs) = (self.ins, self.outs);
+        let len = rows.len() * t.cols;
         SCRATCH.with_borrow_mut(|buf| {
-            let need = t.scratch_len(ins + outs);
+            let need = 16 * (ins + outs) * len + 16 * (t.cols + 1);
             if buf.len() < need {
                 buf.resize(need, 0.0);
             }
-            for rows in t.blocks(ins + outs) {
-                let len = rows.len() * t.cols;
-                // v is [16][ins][len], m is [16][outs][len]: each product
-                // reads and writes contiguous rows.
-                let (v, m) = buf.split_at_mut(16 * ins * len);
-                let m = &mut m[..16 * outs * len];
-                let per_in = ins.div_ceil(threads);
-                let groups = by_channel_group(v, ins * len, per_in * len)
-                    .into_iter()
-                    .zip(input.chunks(per_in * t.plane()))
-                    .collect();
-                split(&executor, groups, |(mut v_g, planes)| {
-                    let mut row_buf = vec![0.0; 16 * (t.cols + 1)];
-                    for (c, plane) in planes.chunks_exact(t.plane()).enumerate() {
-                        let mut v_c: [&mut [f32]; 16] =
-                            v_g.each_mut().map(|p| &mut p[c * len..(c + 1) * len]);
-                        transform_input(plane, &t, rows.clone(), &mut v_c, &mut row_buf);
-                    }
+            // v is [16][ins][len], m is [16][outs][len]: each product reads
+            // and writes contiguous rows.
+            let (v, rest) = buf.split_at_mut(16 * ins * len);
+            let (m, rest) = rest.split_at_mut(16 * outs * len);
+            let row_buf = &mut rest[..16 * (t.cols + 1)];
+            for (c, plane) in input.chunks_exact(t.plane()).enumerate() {
+                let mut runs = v.chunks_exact_mut(ins * len);
+                let mut v_c: [&mut [f32]; 16] = core::array::from_fn(|_| {
+                    let run = runs.next().expect("16 runs");
+                    &mut run[c * len..(c + 1) * len]
                 });
-                let v = &*v;
-                let per_out = outs.div_ceil(threads);
-                let groups = by_channel_group(m, outs * len, per_out * len)
-                    .into_iter()
-                    .zip(out.chunks_mut(per_out * t.plane()))
-                    .enumerate()
-                    .collect();
-                split(&executor, groups, |(g, (mut m_g, out_g))| {
-                    let mut row_buf = vec![0.0; 10 * t.cols];
-                    let (o0, n) = (g * per_out, m_g[0].len() / len);
-                    for (xi, m_xi) in m_g.iter_mut().enumerate() {
-                        let u = &self.u[xi * outs * ins + o0 * ins..][..n * ins];
-                        matmul(
-                            [n, len, ins],
-                            m_xi,
-                            u,
-                            &v[xi * ins * len..(xi + 1) * ins * len],
-                        );
-                    }
-                    for (o, plane) in out_g.chunks_exact_mut(t.plane()).enumerate() {
-                        let m_c: [&[f32]; 16] = m_g.each_ref().map(|p| &p[o * len..(o + 1) * len]);
-                        let bias = self.bias[o0 + o];
-                        transform_output(
-                            &m_c,
-                            bias,
-                            self.relu,
-                            &t,
-                            rows.clone(),
-                            plane,
-                            &mut row_buf,
-                        );
-                    }
+                transform_input(plane, t, rows.clone(), &mut v_c, row_buf);
+            }
+            for xi in 0..16 {
+                let u = &self.u[xi * outs * ins..(xi + 1) * outs * ins];
+                let v = &v[xi * ins * len..(xi + 1) * ins * len];
+                let m = &mut m[xi * outs * len..(xi + 1) * outs * len];
+                matmul([outs, len, ins], m, u, v);
+            }
+            let m = &*m;
+            for (o, plane) in planes.iter_mut().enumerate() {
+                let m_c: [&[f32]; 16] = core::array::from_fn(|xi| {
+                    let at = (xi * outs + o) * len;
+                    &m[at..at + len]
                 });
+                transform_output(
+                    &m_c,
+                    self.bias[o],
+                    self.relu,
+                    t,
+                    rows.clone(),
+                    plane,
+                    row_buf,
+                );
             }
         })
     }
-}
-
-/// Splits `buf` (`[16][planes]`, each plane `plane` values) into groups of
-/// `group` values of every plane: the group's 16 runs, one per `ξ`.
-fn by_channel_group(buf: &mut [f32], plane: usize, group: usize) -> Vec<[&mut [f32]; 16]> {
-    let mut runs: Vec<_> = buf
-        .chunks_exact_mut(plane)
-        .map(|p| p.chunks_mut(group))
-        .collect();
-    let count = plane.div_ceil(group);
-    (0..count)
-        .map(|_| {
-            let group: Vec<&mut [f32]> = runs.iter_mut().filter_map(Iterator::next).collect();
-            group.try_into().expect("16 planes")
-        })
-        .collect()
 }
 
 /// Runs `work` on each of `groups`, each on a thread of `executor`'s pool
@@ -406,17 +407,6 @@ impl Tiles {
     fn block_rows(&self, channels: usize) -> usize {
         (BLOCK_ELEMS / (16 * channels * self.cols).max(1)).clamp(1, self.rows.max(1))
     }
-
-    fn scratch_len(&self, channels: usize) -> usize {
-        16 * channels * self.block_rows(channels) * self.cols
-    }
-
-    fn blocks(&self, channels: usize) -> impl Iterator<Item = Range<usize>> + use<> {
-        let (step, rows) = (self.block_rows(channels), self.rows);
-        (0..rows)
-            .step_by(step)
-            .map(move |ty| ty..(ty + step).min(rows))
-    }
 }
 
 /// `U[ξ][o][i] = (G g Gᵀ)[ξ]` for each 3x3 kernel `g = w[o, i]`.
@@ -524,8 +514,8 @@ fn transform_input(
 
 /// Adds up `M` (16 runs of `len`) of one output channel into its 2x2 outputs
 /// `Aᵀ M A` plus `bias` (then the ReLU if `relu`) in tile rows `rows` of
-/// `plane`, dropping the row or column past an odd edge; `buf` holds
-/// `10 * cols` values.
+/// `plane`, whose first row is image row `2 * rows.start`, dropping the row or
+/// column past an odd edge; `buf` holds `10 * cols` values.
 fn transform_output(
     m: &[&[f32]; 16],
     bias: f32,
@@ -537,6 +527,7 @@ fn transform_output(
 ) {
     let cols = t.cols;
     let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
+    let y0 = 2 * rows.start;
     for (local, ty) in rows.enumerate() {
         let base = local * cols;
         let run = |xi: usize| &m[xi][base..base + cols];
@@ -569,7 +560,7 @@ fn transform_output(
                 even[i] = (s0[i] + s1[i] + s2[i] + bias).max(floor);
                 odd[i] = (s1[i] - s2[i] - s3[i] + bias).max(floor);
             }
-            let row = &mut plane[y * t.w..(y + 1) * t.w];
+            let row = &mut plane[(y - y0) * t.w..(y - y0 + 1) * t.w];
             let mut pairs = row.chunks_exact_mut(2);
             for ((pair, &e), &o) in (&mut pairs).zip(&*even).zip(&*odd) {
                 pair[0] = e;
