@@ -31,12 +31,12 @@ else
 fi
 info=$("${host_run[@]}" --model "$model" --info --precision auto 2>/dev/null)
 size=$(sed -E 's/.*"input_size":"([0-9]+x[0-9]+)".*/\1/' <<<"$info")
-precision=$(sed -E 's/.*"precision":"(float32|int8)".*/\1/' <<<"$info")
 # The pair: NAME.onnx and NAME.int8.onnx.
-case "$precision" in
-int8) float=${model%.int8.onnx}.onnx int8=$model ;;
-*) float=$model int8=${model%.onnx}.int8.onnx ;;
-esac
+if grep -q '"quantized":true' <<<"$info"; then
+    float=${model%.int8.onnx}.onnx int8=$model
+else
+    float=$model int8=${model%.onnx}.int8.onnx
+fi
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 root=$stage/edgeseg

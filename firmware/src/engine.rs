@@ -394,6 +394,24 @@ impl Engine {
         })
     }
 
+    /// A second engine running the same optimised graph (shared, not copied)
+    /// with its own state and buffers, for segmenting another frame at the
+    /// same time on another thread.
+    pub fn fork(&self) -> Result<Engine, EngineError> {
+        let state = self.plan.spawn().map_err(|e| tract_error("the model", e))?;
+        Ok(Engine {
+            info: self.info.clone(),
+            plan: self.plan.clone(),
+            state,
+            output_shape: self.output_shape.clone(),
+            input: Arc::new((*self.input).clone()),
+            logits: vec![0.0; self.logits.len()],
+            executor: self.executor.clone(),
+            precision: self.precision,
+            winograd_convs: self.winograd_convs,
+        })
+    }
+
     /// Runs tract's matrix products on `threads` threads (1, tract's default,
     /// runs them on the calling thread).
     pub fn set_threads(&mut self, threads: usize) {

@@ -74,6 +74,11 @@ impl<T> DropOldest<T> {
         }
     }
 
+    /// Whether [`DropOldest::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().expect("queue lock").1
+    }
+
     /// No more items will come; `pop` returns what is left, then `None`.
     pub fn close(&self) {
         self.state.lock().expect("queue lock").1 = true;
@@ -169,25 +174,39 @@ pub struct RunTotals {
     pub source: SourceStats,
 }
 
-/// Runs `source` through `segmenter` into `output` until the source ends or
-/// `limit` frames were captured. Capture and inference run on their own
-/// threads; `output` runs on the calling thread. Queues hold `depth` frames;
+/// Closes every queue of `queues`.
+fn close_all<T>(queues: &[Arc<DropOldest<T>>]) {
+    queues.iter().for_each(|q| q.close());
+}
+
+/// Runs `source` through `segmenters` into `output` until the source ends or
+/// `limit` frames were captured. Capture runs on its own thread, each
+/// segmenter (a worker, see [`Segmenter::fork`]) on its own, and `output` on
+/// the calling thread. Frame `k` goes to worker `k % workers`, so several
+/// frames are in flight at once; the output stage merges the workers'
+/// results back into capture order. Queues hold `depth` frames per worker;
 /// for a live source (a camera) a stage that falls behind loses the oldest
 /// frame, for a recorded one (files) the earlier stage waits instead.
 pub fn run(
     mut source: Box<dyn FrameSource>,
-    mut segmenter: Segmenter,
+    segmenters: Vec<Segmenter>,
     limit: u64,
     depth: usize,
     mut output: impl FnMut(&Segmented) -> Result<(), String>,
 ) -> Result<RunTotals, PipelineError> {
+    assert!(!segmenters.is_empty(), "at least one segmenter");
+    let workers = segmenters.len();
     let counters = Arc::new(Counters::default());
     let frame_pool: Arc<Pool<OwnedFrame>> = Arc::default();
     let mask_pool: Arc<Pool<Vec<u8>>> = Arc::default();
     let live = source.is_live();
-    let frames: Arc<DropOldest<(u64, OwnedFrame, Instant, Duration)>> =
-        Arc::new(DropOldest::new(depth));
-    let results: Arc<DropOldest<Segmented>> = Arc::new(DropOldest::new(depth));
+    type Captured = (u64, OwnedFrame, Instant, Duration);
+    let frames: Vec<Arc<DropOldest<Captured>>> = (0..workers)
+        .map(|_| Arc::new(DropOldest::new(depth)))
+        .collect();
+    let results: Vec<Arc<DropOldest<Segmented>>> = (0..workers)
+        .map(|_| Arc::new(DropOldest::new(depth)))
+        .collect();
     let capture = {
         let (frames, counters, frame_pool) = (frames.clone(), counters.clone(), frame_pool.clone());
         std::thread::spawn(move || -> Result<SourceStats, SourceError> {
@@ -208,12 +227,17 @@ pub fn run(
                         };
                         let item = (seq, owned, started, started.elapsed());
                         counters.captured.fetch_add(1, Ordering::Relaxed);
+                        let queue = &frames[(seq % frames.len() as u64) as usize];
+                        if queue.is_closed() {
+                            // A worker failed and stopped the run.
+                            break Ok(());
+                        }
                         if live {
-                            if let Some((_, spent, ..)) = frames.push(item) {
+                            if let Some((_, spent, ..)) = queue.push(item) {
                                 frame_pool.give(spent);
                                 counters.dropped.fetch_add(1, Ordering::Relaxed);
                             }
-                        } else if !frames.push_blocking(item) {
+                        } else if !queue.push_blocking(item) {
                             break Ok(());
                         }
                         seq += 1;
@@ -222,49 +246,76 @@ pub fn run(
                     Err(e) => break Err(e),
                 }
             };
-            frames.close();
+            frames.iter().for_each(|q| q.close());
             result.map(|()| source.stats())
         })
     };
-    let inference = {
-        let (frames, results, counters) = (frames.clone(), results.clone(), counters.clone());
-        let (frame_pool, mask_pool) = (frame_pool.clone(), mask_pool.clone());
-        std::thread::spawn(move || -> Result<(), EngineError> {
-            let result = (|| {
-                while let Some((seq, frame, started, capture)) = frames.pop() {
-                    segmenter.segment(&frame.frame())?;
-                    counters.processed.fetch_add(1, Ordering::Relaxed);
-                    let mut mask = mask_pool.take().unwrap_or_default();
-                    mask.clear();
-                    mask.extend_from_slice(segmenter.mask());
-                    let item = Segmented {
-                        seq,
-                        mask,
-                        times: segmenter.times(),
-                        frame,
-                        started,
-                        capture,
-                    };
-                    if live {
-                        if let Some(spent) = results.push(item) {
-                            frame_pool.give(spent.frame);
-                            mask_pool.give(spent.mask);
-                            counters.dropped.fetch_add(1, Ordering::Relaxed);
+    let frames_all = frames.clone();
+    let inference: Vec<_> = segmenters
+        .into_iter()
+        .zip(frames.iter().cloned().zip(results.iter().cloned()))
+        .map(|(mut segmenter, (frames, results))| {
+            let (counters, frame_pool, mask_pool) =
+                (counters.clone(), frame_pool.clone(), mask_pool.clone());
+            let all_frames = frames_all.clone();
+            std::thread::spawn(move || -> Result<(), EngineError> {
+                let result = (|| {
+                    while let Some((seq, frame, started, capture)) = frames.pop() {
+                        segmenter.segment(&frame.frame())?;
+                        counters.processed.fetch_add(1, Ordering::Relaxed);
+                        let mut mask = mask_pool.take().unwrap_or_default();
+                        mask.clear();
+                        mask.extend_from_slice(segmenter.mask());
+                        let item = Segmented {
+                            seq,
+                            mask,
+                            times: segmenter.times(),
+                            frame,
+                            started,
+                            capture,
+                        };
+                        if live {
+                            if let Some(spent) = results.push(item) {
+                                frame_pool.give(spent.frame);
+                                mask_pool.give(spent.mask);
+                                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                        } else if !results.push_blocking(item) {
+                            break;
                         }
-                    } else if !results.push_blocking(item) {
-                        break;
                     }
+                    Ok(())
+                })();
+                results.close();
+                // Unblock the capture thread's pushes if inference stopped
+                // early, and stop the run if it failed.
+                frames.close();
+                if result.is_err() {
+                    close_all(&all_frames);
                 }
-                Ok(())
-            })();
-            results.close();
-            // Unblock the capture thread's pushes if inference stopped early.
-            frames.close();
-            result
+                result
+            })
         })
-    };
+        .collect();
+    // Each worker's results come in capture order: merge them by taking the
+    // lowest sequence number among the workers' next results.
+    let mut heads: Vec<Option<Segmented>> = (0..workers).map(|_| None).collect();
+    let mut open = vec![true; workers];
     let mut output_error = None;
-    while let Some(item) = results.pop() {
+    loop {
+        for ((head, open), queue) in heads.iter_mut().zip(&mut open).zip(&results) {
+            if head.is_none() && *open {
+                *head = queue.pop();
+                *open = head.is_some();
+            }
+        }
+        let next = heads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| h.as_ref().map(|h| (h.seq, i)))
+            .min();
+        let Some((_, i)) = next else { break };
+        let item = heads[i].take().expect("the head just found");
         if let Err(e) = output(&item) {
             output_error = Some(e);
             break;
@@ -274,10 +325,16 @@ pub fn run(
     }
     if output_error.is_some() {
         // Stop the producers: closing lets them finish their current frame.
-        frames.close();
-        results.close();
+        close_all(&frames);
+        close_all(&results);
     }
-    let inference_result = inference.join().expect("inference thread");
+    let mut inference_result = Ok(());
+    for worker in inference {
+        let result = worker.join().expect("inference thread");
+        if inference_result.is_ok() {
+            inference_result = result;
+        }
+    }
     let capture_result = capture.join().expect("capture thread");
     if let Some(e) = output_error {
         return Err(PipelineError::Output(e));

@@ -62,6 +62,12 @@ impl Segmenter {
         }
     }
 
+    /// A second segmenter for the same model (see [`Engine::fork`]), with its
+    /// own buffers: two can segment two frames at once.
+    pub fn fork(&self) -> Result<Segmenter, EngineError> {
+        Ok(Segmenter::new(self.engine.fork()?))
+    }
+
     /// Runs inference on `threads` threads (see [`Engine::set_threads`]).
     pub fn set_threads(&mut self, threads: usize) {
         self.engine.set_threads(threads);

@@ -526,6 +526,9 @@ pub struct StreamOptions {
     pub queue: usize,
     /// Time between calls of the progress callback; `None` for none.
     pub report_every: Option<Duration>,
+    /// Frames segmented at once, each by its own copy of the segmenter
+    /// ([`Segmenter::fork`]) on its own thread.
+    pub workers: usize,
 }
 
 impl Default for StreamOptions {
@@ -534,6 +537,7 @@ impl Default for StreamOptions {
             limit: u64::MAX,
             queue: 2,
             report_every: Some(Duration::from_secs(5)),
+            workers: 1,
         }
     }
 }
@@ -640,7 +644,12 @@ pub fn stream(
         }
         Ok(())
     };
-    let totals = pipeline::run(source, segmenter, options.limit, options.queue, output)?;
+    let mut segmenters = Vec::with_capacity(options.workers.max(1));
+    for _ in 1..options.workers.max(1) {
+        segmenters.push(segmenter.fork().map_err(PipelineError::from)?);
+    }
+    segmenters.push(segmenter);
+    let totals = pipeline::run(source, segmenters, options.limit, options.queue, output)?;
     let elapsed = started.elapsed();
     let messages = sinks
         .into_iter()

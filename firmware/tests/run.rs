@@ -619,6 +619,7 @@ fn auto_precision_keeps_float_when_int8_disagrees() {
         assert!(ok, "{stderr}");
         let info: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(info["running"]["precision"], precision, "{stdout}");
+        assert_eq!(info["quantized"], false, "{stdout}");
         assert_eq!(info["running"]["file"], file.to_str().unwrap(), "{stdout}");
         assert!(
             !info["cpu_features"].as_array().unwrap().is_empty(),
@@ -637,4 +638,59 @@ fn auto_precision_keeps_float_when_int8_disagrees() {
         stderr.contains("--precision f16: no float model"),
         "{stderr}"
     );
+}
+
+/// `--workers 3` segments several frames at once and still delivers every
+/// frame in capture order, with the same masks as one worker.
+#[test]
+fn several_workers_keep_capture_order_and_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    write_model(&model);
+    let masks = |workers: &str| {
+        let out = dir.path().join(format!("masks-{workers}"));
+        let (stdout, stderr, ok) = run(
+            &[
+                "--model",
+                model.to_str().unwrap(),
+                "--source",
+                "synthetic:96x72",
+                "--frames",
+                "12",
+                "--workers",
+                workers,
+                "--sink",
+                "jsonl:-",
+                "--sink",
+                &format!("png:{}", out.display()),
+            ],
+            b"",
+        );
+        assert!(ok, "{stderr}");
+        let seqs: Vec<u64> = stdout
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, (0..12).collect::<Vec<_>>(), "{workers} workers");
+        assert!(
+            stderr.contains("12 frames captured, 12 processed, 0 dropped"),
+            "{stderr}"
+        );
+        let mut files: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|f| std::fs::read(f).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let one = masks("1");
+    assert_eq!(one.len(), 12);
+    assert_eq!(masks("3"), one);
 }

@@ -354,6 +354,7 @@ pub fn stream(
         limit: frames,
         queue: 2,
         report_every: Some(Duration::from_secs(5)),
+        workers: 1,
     };
     sink::stream(source, segmenter, sinks, options, |window, over| {
         log(&format!("      {}", window.line(over)))

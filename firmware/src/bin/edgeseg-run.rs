@@ -80,6 +80,14 @@ struct Cli {
     /// 2 cores with raw frames from stdin, BENCHMARKS.md).
     #[arg(long)]
     threads: Option<usize>,
+    /// Frames segmented at once, each on its own thread with its own copy of
+    /// the model's state (the weights are shared). Raises frames per second
+    /// when one frame cannot keep the cores busy (tract parallelises little
+    /// within a frame: 1.2x from 1 to 2 threads here, BENCHMARKS.md); each
+    /// frame's latency stays that of one worker. Results leave in capture
+    /// order.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
     /// Seed of the synthetic drive.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -151,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             "architecture": info.architecture,
             "val_miou": info.val_miou,
             "precision": info.precision,
+            "quantized": int8,
             "cpu_features": cpu.names,
             "cpu_f16_arithmetic": cpu.f16_arithmetic,
             "cpu_int8_dot_product": cpu.int8_dot,
@@ -211,6 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         limit,
         queue: cli.queue,
         report_every: (cli.report_every > 0.0).then(|| Duration::from_secs_f64(cli.report_every)),
+        workers: cli.workers.into(),
     };
     let summary = sink::stream(source, segmenter, sinks, options, |window, over| {
         eprintln!("{}", window.line(over))
