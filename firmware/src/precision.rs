@@ -233,12 +233,22 @@ pub fn select(
     options: Options,
     threads: usize,
 ) -> Result<Selection, SelectError> {
+    let present = |p: Precision| files.for_precision(p).is_some();
     let candidates: Vec<Precision> = match choice {
         Choice::Fixed(p) => vec![p],
-        Choice::Auto => Precision::ALL
-            .into_iter()
-            .filter(|&p| files.for_precision(p).is_some() && cpu.worth_trying(p))
-            .collect(),
+        Choice::Auto => {
+            let worth: Vec<Precision> = Precision::ALL
+                .into_iter()
+                .filter(|&p| present(p) && cpu.worth_trying(p))
+                .collect();
+            if worth.is_empty() {
+                // Only an int8 file, on a CPU without 8-bit dot products:
+                // it is still the model there is.
+                Precision::ALL.into_iter().filter(|&p| present(p)).take(1).collect()
+            } else {
+                worth
+            }
+        }
     };
     if let [only] = candidates[..] {
         let segmenter = load(files, only, options, threads)?;
@@ -392,6 +402,22 @@ mod tests {
         ];
         assert_eq!(choose(&t, MIN_AGREEMENT), Some(1));
         assert_eq!(choose(&[], MIN_AGREEMENT), None);
+    }
+
+    #[test]
+    fn an_int8_file_alone_runs_even_without_dot_products() {
+        let dir = tempfile::tempdir().unwrap();
+        let int8 = dir.path().join("m.int8.onnx");
+        std::fs::write(&int8, b"not a model").unwrap();
+        let files = ModelFiles::around(&int8, true);
+        let cpu = CpuFeatures {
+            names: Vec::new(),
+            f16_arithmetic: false,
+            int8_dot: false,
+        };
+        // The int8 file is the one candidate: loading it is what fails here.
+        let err = select(&files, Choice::Auto, &cpu, Options::default(), 1).unwrap_err();
+        assert!(err.to_string().contains("m.int8.onnx"), "{err}");
     }
 
     #[test]

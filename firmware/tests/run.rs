@@ -694,3 +694,16 @@ fn several_workers_keep_capture_order_and_masks() {
     assert_eq!(one.len(), 12);
     assert_eq!(masks("3"), one);
 }
+
+/// `--help` and `--version` succeed; a usage error does not.
+#[test]
+fn help_and_version_exit_zero() {
+    for flag in ["--help", "--version"] {
+        let (stdout, stderr, ok) = run(&[flag], b"");
+        assert!(ok, "{flag}: {stderr}");
+        assert!(stdout.contains("edgeseg-run"), "{flag}: {stdout}");
+    }
+    let (_, stderr, ok) = run(&["--no-such-flag"], b"");
+    assert!(!ok);
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+}

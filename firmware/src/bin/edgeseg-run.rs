@@ -258,9 +258,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        // `--help` and `--version` print and succeed; usage errors exit 2.
         Err(e) => {
             let _ = e.print();
-            ExitCode::from(2)
+            ExitCode::from(e.exit_code().clamp(0, 255) as u8)
         }
     }
 }
