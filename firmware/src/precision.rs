@@ -244,7 +244,11 @@ pub fn select(
             if worth.is_empty() {
                 // Only an int8 file, on a CPU without 8-bit dot products:
                 // it is still the model there is.
-                Precision::ALL.into_iter().filter(|&p| present(p)).take(1).collect()
+                Precision::ALL
+                    .into_iter()
+                    .filter(|&p| present(p))
+                    .take(1)
+                    .collect()
             } else {
                 worth
             }
