@@ -13,8 +13,9 @@ use std::time::Instant;
 
 use crate::Size;
 use crate::engine::{Engine, EngineError, Options, Precision};
+use crate::frame::PixelFormat;
 use crate::segmenter::Segmenter;
-use crate::source::{FrameSource, SyntheticSource};
+use crate::source::OwnedFrame;
 
 /// Share of pixels on which a candidate's masks must equal float's for `auto`
 /// to keep it.
@@ -273,7 +274,7 @@ pub fn select(
     let mut trials = Vec::new();
     let mut best: Option<(usize, Segmenter)> = None;
     let mut reference: Vec<Vec<u8>> = Vec::new();
-    let mut frames: Vec<crate::source::OwnedFrame> = Vec::new();
+    let mut frames: Vec<OwnedFrame> = Vec::new();
     for precision in candidates {
         let mut segmenter = load(files, precision, options, threads)?;
         if frames.is_empty() {
@@ -326,27 +327,33 @@ pub fn select(
     })
 }
 
-/// [`TRIAL_FRAMES`] scenes of the built-in synthetic drive, a second apart.
-fn trial_frames(size: Size) -> Vec<crate::source::OwnedFrame> {
-    let mut source = SyntheticSource::new(size, 0);
-    let mut frames = Vec::new();
-    for i in 0..TRIAL_FRAMES * 10 {
-        let frame = source
-            .next_frame()
-            .expect("the synthetic source does not fail")
-            .expect("the synthetic source does not end");
-        if i % 10 == 0 {
-            frames.push(frame.clone());
-        }
-    }
-    frames
+/// [`TRIAL_FRAMES`] scenes of the built-in synthetic drive, ten frames apart
+/// (each drawn directly, not the frames between).
+fn trial_frames(size: Size) -> Vec<OwnedFrame> {
+    let drive = crate::synth::Drive::new(0);
+    let (w, h) = (size.width as usize, size.height as usize);
+    let mut labels = vec![0; w * h];
+    (0..TRIAL_FRAMES as u64)
+        .map(|i| {
+            let mut frame = OwnedFrame {
+                format: PixelFormat::Rgb8,
+                size,
+                stride: 3 * w,
+                data: vec![0; 3 * w * h],
+            };
+            drive
+                .render_frame(10 * i, w, h, &mut frame.data, &mut labels)
+                .expect("buffers sized for the frame");
+            frame
+        })
+        .collect()
 }
 
 /// Median inference milliseconds over `frames` after [`WARMUP`] runs, and the
 /// masks.
 fn time_on(
     segmenter: &mut Segmenter,
-    frames: &[crate::source::OwnedFrame],
+    frames: &[OwnedFrame],
 ) -> Result<(f64, Vec<Vec<u8>>), EngineError> {
     for f in frames.iter().cycle().take(WARMUP) {
         segmenter.segment(&f.frame())?;
