@@ -39,6 +39,45 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// Runs `tests/python/check_onnx.py`: `model` passes onnx's full checker, and
+/// onnxruntime's logits for `input` match tract's `logits` (argmax agreement at
+/// least `min_agreement`, max abs difference at most `max_abs_diff`).
+fn onnxruntime_agrees(
+    python: &std::path::Path,
+    model: &std::path::Path,
+    input: &[f32],
+    logits: &[f32],
+    min_agreement: f64,
+    max_abs_diff: f64,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = (dir.path().join("x.f32"), dir.path().join("y.f32"));
+    std::fs::write(&x, f32_bytes(input)).unwrap();
+    std::fs::write(&y, f32_bytes(logits)).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/check_onnx.py");
+    let output = Command::new(python)
+        .arg(script)
+        .arg(model)
+        .arg(&x)
+        .arg(&y)
+        .arg(min_agreement.to_string())
+        .arg(max_abs_diff.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}: {}{}",
+        model.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!(
+        "{}: {}",
+        model.display(),
+        String::from_utf8_lossy(&output.stdout).trim()
+    );
+}
+
 #[test]
 fn exported_runs_pass_the_reference_checks() {
     let dir = tempfile::tempdir().unwrap();
@@ -80,25 +119,8 @@ fn exported_runs_pass_the_reference_checks() {
         let input = host::export::validation_inputs(&config, size, 1)
             .unwrap()
             .remove(0);
-        let logits = engine.run(&input).unwrap();
-        let (x, y) = (dir.path().join("x.f32"), dir.path().join("y.f32"));
-        std::fs::write(&x, f32_bytes(&input)).unwrap();
-        std::fs::write(&y, f32_bytes(logits)).unwrap();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/check_onnx.py");
-        let output = Command::new(python)
-            .arg(script)
-            .arg(&out)
-            .arg(&x)
-            .arg(&y)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}: {}{}",
-            out.display(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let logits = engine.run(&input).unwrap().to_vec();
+        onnxruntime_agrees(python, &out, &input, &logits, 0.999, 1e-3);
     }
 }
 
@@ -209,4 +231,88 @@ fn winograd_matches_tract_on_exported_models() {
             }
         }
     }
+}
+
+/// The int8 file of a model that really segments keeps its accuracy: the
+/// quantisation report's agreement and per-class IoU against float are
+/// asserted, the file passes onnx's full checker, and onnxruntime's int8
+/// masks match tract's.
+#[test]
+fn int8_keeps_the_accuracy_of_a_model_that_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = firmware::Size::new(96, 64);
+    let data = dir.path().join("data");
+    let spec = host::synth::SynthSpec {
+        train: 96,
+        val: 12,
+        size,
+        seed: 3,
+    };
+    host::synth::write_dataset(&data, &spec, &|| {}).unwrap();
+    let mut config = TrainConfig::new(ModelConfig::linknet(11, 18, 0.25), size);
+    config.data.root = Some(data.clone());
+    config.data.synthetic_train = 0;
+    config.data.synthetic_val = 0;
+    config.epochs = 40;
+    config.batch = 8;
+    config.lr = 4e-3;
+    let run = RunDir::new(dir.path().join("run"));
+    train(&config, &run, false, true, |_| {}).unwrap();
+    let float = dir.path().join("model.onnx");
+    let int8 = dir.path().join("model.int8.onnx");
+    host::export::export_run(&run, "best.bpk", None, &float, 2).unwrap();
+    let report = host::quantize::quantize_file(&host::quantize::QuantizeJob {
+        model: float.clone(),
+        calib: data.clone(),
+        calib_images: 16,
+        out: int8.clone(),
+        options: Default::default(),
+        data: Some(data.clone()),
+        eval_images: 12,
+    })
+    .unwrap();
+    eprintln!("{}", report.table());
+
+    // The float model segments: several classes, not one constant mask.
+    let [f, q] = &report.matrices;
+    let (f_iou, q_iou) = (f.iou(), q.iou());
+    let learnt = f_iou.iter().filter(|v| v.is_some_and(|v| v >= 0.3)).count();
+    assert!(
+        learnt >= 4,
+        "only {learnt} classes above 0.3 IoU: {f_iou:?}"
+    );
+    assert!(f.mean_iou() >= 0.25, "float mIoU {}", f.mean_iou());
+    // int8 keeps its accuracy, class by class.
+    assert_eq!(report.images, 12);
+    assert!(report.agreement >= 0.99, "agreement {}", report.agreement);
+    assert!(
+        (f.mean_iou() - q.mean_iou()).abs() <= 0.005,
+        "mIoU {} float, {} int8",
+        f.mean_iou(),
+        q.mean_iou()
+    );
+    for ((name, a), b) in report.info.class_names.iter().zip(&f_iou).zip(&q_iou) {
+        if let (Some(a), Some(b)) = (a, b) {
+            assert!((a - b).abs() <= 0.01, "{name}: IoU {a} float, {b} int8");
+        }
+    }
+    assert!(report.bytes[1] * 3 < report.bytes[0], "{:?}", report.bytes);
+
+    // The reference tools accept the int8 file and agree with tract.
+    let Some(python) = python() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide python with onnx and onnxruntime (bench/setup-python.sh)"
+        );
+        eprintln!("skipping the onnx/onnxruntime half: run bench/setup-python.sh --no-torch");
+        return;
+    };
+    let mut engine = Engine::load(&int8).unwrap();
+    let input = host::export::validation_inputs(&run.config().unwrap(), size, 1)
+        .unwrap()
+        .remove(0);
+    let logits = engine.run(&input).unwrap().to_vec();
+    // Runtimes may round a requantisation one step apart: a bound of a few
+    // steps on the logits, and the masks nearly identical.
+    onnxruntime_agrees(&python, &int8, &input, &logits, 0.99, 0.5);
 }
