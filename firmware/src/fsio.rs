@@ -5,11 +5,19 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// The prefix of this process's temporary files: `.edgeseg-PID-`, so that a
+/// later run can tell the leftovers of a dead process ([`remove_stale`]) from
+/// a live one's files.
+fn prefix() -> &'static str {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| format!(".edgeseg-{}-", std::process::id()))
+}
+
 /// A temporary-file builder for files that end up as ordinary outputs: readable
 /// by others (0644 on Unix) rather than tempfile's private 0600.
 pub fn builder() -> tempfile::Builder<'static, 'static> {
     let mut builder = tempfile::Builder::new();
-    builder.prefix(".edgeseg-");
+    builder.prefix(prefix());
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
     builder
@@ -34,6 +42,43 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, std::io::
     Ok(())
 }
 
+/// Whether the process `pid` is still running (`/proc` on Linux; elsewhere
+/// every other process counts as running, so nothing of a live one is lost).
+fn running(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
+}
+
+/// Removes the temporary files that processes which no longer run left in
+/// `dir` (a `kill -9` or power cut mid-write); returns how many. Files of
+/// running processes, and everything that is not ours, stay.
+pub fn remove_stale(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(".edgeseg-")) else {
+            continue;
+        };
+        if !rest.ends_with(".tmp") {
+            continue;
+        }
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !running(pid)) && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +98,21 @@ mod tests {
         }
         let leftovers = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary file is left behind");
+        let mut tmp = builder().tempfile_in(path.parent().unwrap()).unwrap();
+        let name = tmp.path().file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(&format!(".edgeseg-{}-", std::process::id())), "{name}");
+        tmp.write_all(b"x").unwrap();
+        drop(tmp);
+        // A dead process's leftovers go; a live one's and other files stay.
+        let dir = path.parent().unwrap();
+        let dead = dir.join(".edgeseg-4000000000-abc.gif.tmp");
+        let live = dir.join(format!(".edgeseg-{}-abc.tmp", std::process::id()));
+        let other = dir.join(".edgeseg-notes.tmp");
+        for f in [&dead, &live, &other] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        assert_eq!(remove_stale(dir), 1);
+        assert!(!dead.exists() && live.exists() && other.exists());
         let blocked = path.join("below-a-file");
         let (at, _) = write_atomic(&blocked, b"x").unwrap_err();
         assert!(at.starts_with(&path), "{}", at.display());

@@ -3,7 +3,7 @@
 //! latency stays bounded whatever the camera's rate.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -118,6 +118,29 @@ impl<T> Pool<T> {
     }
 }
 
+/// A request to end a run early, shared between the run and whoever decides
+/// it (a SIGTERM handler): capture stops, the frames already captured are
+/// segmented and written, and the sinks are finished.
+#[derive(Clone, Debug, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    /// A stop that has not been requested.
+    pub fn new() -> Stop {
+        Stop::default()
+    }
+
+    /// Asks the run to stop.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was requested.
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// Frame counters, shared by the stages.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -187,11 +210,18 @@ fn close_all<T>(queues: &[Arc<DropOldest<T>>]) {
 /// results back into capture order. Queues hold `depth` frames per worker;
 /// for a live source (a camera) a stage that falls behind loses the oldest
 /// frame, for a recorded one (files) the earlier stage waits instead.
+///
+/// When `stop` is requested, capture ends after the frame it is reading and
+/// the frames already captured go through; a source that does not deliver
+/// its frame within `drain` (a read that blocks) is abandoned, so the run
+/// always ends within `drain` plus the time to segment what is queued.
 pub fn run(
     mut source: Box<dyn FrameSource>,
     segmenters: Vec<Segmenter>,
     limit: u64,
     depth: usize,
+    stop: &Stop,
+    drain: Duration,
     mut output: impl FnMut(&Segmented) -> Result<(), String>,
 ) -> Result<RunTotals, PipelineError> {
     assert!(!segmenters.is_empty(), "at least one segmenter");
@@ -207,12 +237,17 @@ pub fn run(
     let results: Vec<Arc<DropOldest<Segmented>>> = (0..workers)
         .map(|_| Arc::new(DropOldest::new(depth)))
         .collect();
+    // Set by the capture thread when it ends, and by this one when the run is
+    // over (so the watchdog below ends too).
+    let capture_done = Arc::new(AtomicBool::new(false));
+    let run_done = Arc::new(AtomicBool::new(false));
     let capture = {
         let (frames, counters, frame_pool) = (frames.clone(), counters.clone(), frame_pool.clone());
+        let (stop, done) = (stop.clone(), capture_done.clone());
         std::thread::spawn(move || -> Result<SourceStats, SourceError> {
             let mut seq = 0;
             let result = loop {
-                if seq >= limit {
+                if seq >= limit || stop.requested() {
                     break Ok(());
                 }
                 let started = Instant::now();
@@ -247,7 +282,29 @@ pub fn run(
                 }
             };
             frames.iter().for_each(|q| q.close());
-            result.map(|()| source.stats())
+            let result = result.map(|()| source.stats());
+            done.store(true, Ordering::SeqCst);
+            result
+        })
+    };
+    // After a stop, give capture `drain` to return from its read, then close
+    // the frame queues so the later stages finish without it.
+    let watchdog = {
+        let (frames, stop) = (frames.clone(), stop.clone());
+        let (capture_done, run_done) = (capture_done.clone(), run_done.clone());
+        std::thread::spawn(move || {
+            let tick = Duration::from_millis(10);
+            while !stop.requested() {
+                if capture_done.load(Ordering::SeqCst) || run_done.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(tick);
+            }
+            let deadline = Instant::now() + drain;
+            while !capture_done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(tick);
+            }
+            close_all(&frames);
         })
     };
     let frames_all = frames.clone();
@@ -335,7 +392,15 @@ pub fn run(
             inference_result = result;
         }
     }
-    let capture_result = capture.join().expect("capture thread");
+    run_done.store(true, Ordering::SeqCst);
+    watchdog.join().expect("watchdog thread");
+    // A capture thread still blocked in a read after a stop is left behind
+    // (the process is about to end); its source counters are then unknown.
+    let capture_result = if capture_done.load(Ordering::SeqCst) || !stop.requested() {
+        capture.join().expect("capture thread")
+    } else {
+        Ok(SourceStats::default())
+    };
     if let Some(e) = output_error {
         return Err(PipelineError::Output(e));
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::Size;
 use crate::live::{LiveError, LiveStats, LiveView};
 use crate::model_info::ModelInfo;
-use crate::pipeline::{self, PipelineError, RunTotals, Segmented};
+use crate::pipeline::{self, PipelineError, RunTotals, Segmented, Stop};
 use crate::protocol::{FrameHeader, ProtocolError};
 use crate::segmenter::Segmenter;
 use crate::source::FrameSource;
@@ -213,6 +213,7 @@ impl Sink {
         let folder = |kind: PngKind| -> Result<Sink, SinkError> {
             let dir = PathBuf::from(arg);
             std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+            crate::fsio::remove_stale(&dir);
             Ok(Sink::Png { dir, kind })
         };
         Ok(match kind {
@@ -233,6 +234,7 @@ impl Sink {
                     _ => PathBuf::from("."),
                 };
                 std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+                crate::fsio::remove_stale(&dir);
                 let tmp = crate::fsio::builder()
                     .suffix(".gif.tmp")
                     .tempfile_in(&dir)
@@ -518,7 +520,7 @@ impl Sink {
 }
 
 /// How [`stream`] runs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct StreamOptions {
     /// Stop after this many frames.
     pub limit: u64,
@@ -529,6 +531,11 @@ pub struct StreamOptions {
     /// Frames segmented at once, each by its own copy of the segmenter
     /// ([`Segmenter::fork`]) on its own thread.
     pub workers: usize,
+    /// Ends the run early when requested (see [`pipeline::run`]).
+    pub stop: Stop,
+    /// After a stop, how long a source may take to deliver the frame it is
+    /// reading before it is abandoned.
+    pub drain: Duration,
 }
 
 impl Default for StreamOptions {
@@ -538,6 +545,8 @@ impl Default for StreamOptions {
             queue: 2,
             report_every: Some(Duration::from_secs(5)),
             workers: 1,
+            stop: Stop::new(),
+            drain: Duration::from_secs(2),
         }
     }
 }
@@ -649,7 +658,15 @@ pub fn stream(
         segmenters.push(segmenter.fork().map_err(PipelineError::from)?);
     }
     segmenters.push(segmenter);
-    let totals = pipeline::run(source, segmenters, options.limit, options.queue, output)?;
+    let totals = pipeline::run(
+        source,
+        segmenters,
+        options.limit,
+        options.queue,
+        &options.stop,
+        options.drain,
+        output,
+    )?;
     let elapsed = started.elapsed();
     let messages = sinks
         .into_iter()

@@ -3,7 +3,7 @@
 //! colour channel).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use firmware::Size;
@@ -706,4 +706,132 @@ fn help_and_version_exit_zero() {
     let (_, stderr, ok) = run(&["--no-such-flag"], b"");
     assert!(!ok);
     assert!(stderr.contains("--no-such-flag"), "{stderr}");
+}
+
+/// Sends `signal` to `child` with the system's `kill`.
+#[cfg(unix)]
+fn signal(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Names of our temporary files under `dir`, recursively.
+fn temporaries(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(temporaries(&path));
+        } else if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(".edgeseg-"))
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// SIGTERM (what `systemctl stop` sends) and SIGINT end a long run cleanly:
+/// exit 0, final counters printed, the GIF written and decodable, every
+/// processed frame in the jsonl file and the PNG folder, no temporary file
+/// left; and a dead run's leftovers are cleaned at the next start.
+#[cfg(unix)]
+#[test]
+fn sigterm_and_sigint_finish_every_output() {
+    use image::AnimationDecoder;
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    write_model(&model);
+    for sig in ["TERM", "INT"] {
+        let out = dir.path().join(sig);
+        std::fs::create_dir_all(&out).unwrap();
+        // What a run killed with SIGKILL mid-write leaves (a dead PID).
+        let stale = out.join(".edgeseg-4000000000-x7Yz.gif.tmp");
+        std::fs::write(&stale, b"half a gif").unwrap();
+        let jsonl = out.join("f.jsonl");
+        let child = Command::new(env!("CARGO_BIN_EXE_edgeseg-run"))
+            .args(["--model", model.to_str().unwrap()])
+            .args(["--source", "synthetic:64x48", "--frames", "100000000"])
+            .args(["--sink", &format!("jsonl:{}", jsonl.display())])
+            .args(["--sink", &format!("gif:{}", out.join("d.gif").display())])
+            .args(["--sink", &format!("png:{}", out.join("pngs").display())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Let it run well into the stream, then stop it.
+        let started = std::time::Instant::now();
+        while std::fs::metadata(&jsonl).map_or(0, |m| m.len()) < 20_000 {
+            assert!(started.elapsed().as_secs() < 60, "no frames written");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        signal(&child, sig);
+        let stopped = std::time::Instant::now();
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "SIG{sig}: {:?}\n{stderr}", output.status);
+        assert!(stopped.elapsed().as_secs() < 10, "SIG{sig}: slow to stop");
+        assert!(stderr.contains("stopping:"), "{stderr}");
+        let counters = stderr
+            .lines()
+            .find(|l| l.contains("frames captured"))
+            .unwrap_or_else(|| panic!("no final counters:\n{stderr}"));
+        let number = |word: &str| -> u64 {
+            let at = counters.find(word).unwrap();
+            counters[..at].split_whitespace().last().unwrap().trim_end_matches(',').parse().unwrap()
+        };
+        let (captured, processed, dropped) =
+            (number(" frames captured"), number(" processed"), number(" dropped"));
+        assert_eq!(captured, processed + dropped, "{counters}");
+        assert!(processed > 10, "{counters}");
+        let lines = std::fs::read_to_string(&jsonl).unwrap().lines().count() as u64;
+        assert_eq!(lines, processed, "every processed frame is in the jsonl file");
+        assert_eq!(std::fs::read_dir(out.join("pngs")).unwrap().count() as u64, processed);
+        let gif = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(
+            std::fs::File::open(out.join("d.gif")).unwrap(),
+        ))
+        .unwrap();
+        assert_eq!(gif.into_frames().count() as u64, processed);
+        assert_eq!(temporaries(&out), Vec::<PathBuf>::new(), "SIG{sig}");
+    }
+}
+
+/// A stop while the source blocks in a read (stdin open, no bytes coming)
+/// still ends the run promptly and cleanly.
+#[cfg(unix)]
+#[test]
+fn sigterm_ends_a_run_whose_source_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    write_model(&model);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgeseg-run"))
+        .args(["--model", model.to_str().unwrap()])
+        .args(["--source", &format!("stdin:rgb:{W}x{H}")])
+        .args(["--sink", "jsonl:-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Two frames, then silence with the pipe held open.
+    let mut stdin = child.stdin.take().unwrap();
+    let frame = halves().into_raw();
+    stdin.write_all(&frame).unwrap();
+    stdin.write_all(&frame).unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    signal(&child, "TERM");
+    let stopped = std::time::Instant::now();
+    let output = child.wait_with_output().unwrap();
+    drop(stdin);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}\n{stderr}", output.status);
+    assert!(stopped.elapsed().as_secs() < 8, "slow to stop: {:?}", stopped.elapsed());
+    check_lines(&String::from_utf8_lossy(&output.stdout), 2);
+    assert!(stderr.contains("2 frames captured, 2 processed, 0 dropped"), "{stderr}");
 }

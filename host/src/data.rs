@@ -270,6 +270,37 @@ pub fn load_pair(
         path: image.to_owned(),
         source,
     })?;
+    let ids = read_mask(image, (img.width(), img.height()), mask, labels, format)?;
+    Ok(Sample {
+        image: img.into_rgb8(),
+        mask: ids,
+    })
+}
+
+/// Checks an image and its label file as [`load_pair`] would, without
+/// decoding the image (its header gives its size): what a run validates
+/// before it writes anything.
+pub fn check_pair(
+    image: &Path,
+    mask: &Path,
+    labels: &LabelSpace,
+    format: &MaskFormat,
+) -> Result<()> {
+    let dims = image::image_dimensions(image).map_err(|source| Error::Image {
+        path: image.to_owned(),
+        source,
+    })?;
+    read_mask(image, dims, mask, labels, format).map(|_| ())
+}
+
+/// Reads the label file `mask` of `image` (of size `dims`) as class ids.
+fn read_mask(
+    image: &Path,
+    dims: (u32, u32),
+    mask: &Path,
+    labels: &LabelSpace,
+    format: &MaskFormat,
+) -> Result<GrayImage> {
     let lab = image::open(mask).map_err(|source| Error::Image {
         path: mask.to_owned(),
         source,
@@ -278,14 +309,14 @@ pub fn load_pair(
         path: mask.to_owned(),
         what,
     };
-    if (lab.width(), lab.height()) != (img.width(), img.height()) {
+    if (lab.width(), lab.height()) != dims {
         return Err(bad(format!(
             "label is {}x{} but its image {} is {}x{}",
             lab.width(),
             lab.height(),
             image.display(),
-            img.width(),
-            img.height()
+            dims.0,
+            dims.1
         )));
     }
     let (w, n) = (lab.width(), labels.num_classes());
@@ -338,10 +369,7 @@ pub fn load_pair(
             labels.void
         )));
     }
-    Ok(Sample {
-        image: img.into_rgb8(),
-        mask: ids,
-    })
+    Ok(ids)
 }
 
 /// Where samples come from.
@@ -447,6 +475,36 @@ impl Source {
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
             Source::Synthetic { .. } => format!("synth_{i:06}.png"),
         }
+    }
+
+    /// Checks every sample's files as loading would (images by their header,
+    /// labels decoded and checked against the classes), on `workers` threads:
+    /// the first problem found, naming its file. Synthetic scenes always pass.
+    pub fn check(&self, workers: usize) -> Result<()> {
+        let Source::Files(f) = self else {
+            return Ok(());
+        };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let work = || -> Result<()> {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= f.pairs.len() || failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let (image, mask) = &f.pairs[i];
+                check_pair(image, mask, &f.labels, &f.format)
+                    .inspect_err(|_| failed.store(true, std::sync::atomic::Ordering::Relaxed))?;
+            }
+        };
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..workers.max(1)).map(|_| scope.spawn(work)).collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("label check thread"))
+                .collect::<Result<Vec<()>>>()
+        })
+        .map(|_| ())
     }
 
     /// Loads sample `i` at its own resolution.

@@ -17,7 +17,8 @@ use crate::error::{Error, Result};
 use crate::io::write_atomic;
 use crate::model::ModelConfig;
 use crate::quantize::{QuantReport, QuantizeJob};
-use crate::train::{RunDir, TrainConfig};
+use crate::run::{RunDir, Start};
+use crate::train::TrainConfig;
 
 /// What the demo does and where it writes.
 #[derive(Clone, Debug)]
@@ -214,14 +215,14 @@ pub fn run(options: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoRepor
             "no augmentation"
         }
     ));
+    // A demo run again replaces its own run's files (never a folder holding
+    // anything else, see `Start::Overwrite`).
     let run_dir = RunDir::new(out.join("run"));
-    if run_dir.path.exists() {
-        std::fs::remove_dir_all(&run_dir.path).map_err(|e| Error::io(&run_dir.path, e))?;
-    }
     let train_started = Instant::now();
-    let summary = crate::train::train(&config, &run_dir, false, options.quiet, |line| {
-        log(&format!("      {line}"))
-    })?;
+    let summary =
+        crate::train::train(&config, &run_dir, Start::Overwrite, options.quiet, |line| {
+            log(&format!("      {line}"))
+        })?;
     let train_seconds = train_started.elapsed().as_secs_f64();
     copy(&run_dir.path.join("curves.png"), &out.join("curves.png"))?;
     let predictor = crate::predict::Predictor::from_run(&run_dir, "best.bpk")?;
@@ -354,7 +355,7 @@ pub fn stream(
         limit: frames,
         queue: 2,
         report_every: Some(Duration::from_secs(5)),
-        workers: 1,
+        ..Default::default()
     };
     sink::stream(source, segmenter, sinks, options, |window, over| {
         log(&format!("      {}", window.line(over)))
@@ -371,7 +372,7 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
 fn make_report(
     options: &DemoOptions,
     config: &TrainConfig,
-    state: &crate::train::RunState,
+    state: &crate::run::RunState,
     train_seconds: f64,
     export: &crate::export::ExportReport,
     quant: &QuantReport,

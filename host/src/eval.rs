@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::data::Source;
 use crate::error::Result;
 use crate::inference::{EvalPlan, evaluate};
-use crate::train::RunDir;
+use crate::run::RunDir;
 
 /// Scores of one model on one split.
 #[derive(Clone, Debug)]

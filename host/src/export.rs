@@ -20,7 +20,7 @@ use model_export::graph::{self, Graph, Op, ResizeMode, Value, Weights};
 use crate::data::{BatchPlan, Source, batches};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::train::RunDir;
+use crate::run::RunDir;
 
 /// Result of the graph-building helpers.
 pub type GraphResult<T> = model_export::Result<T>;

@@ -19,6 +19,7 @@ pub mod optim;
 pub mod plot;
 pub mod predict;
 pub mod quantize;
+pub mod run;
 pub mod synth;
 pub mod train;
 

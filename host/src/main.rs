@@ -338,8 +338,13 @@ struct TrainArgs {
     out: PathBuf,
     /// Continue the run in --out from its last checkpoint (other flags are
     /// taken from its config.json).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Replace the run in --out (without it, a folder holding a trained run is
+    /// refused). Its files are removed only once the new run's inputs are
+    /// validated; a folder with files that are not a run's is never taken.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 impl TrainArgs {
@@ -532,7 +537,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Train(args) => {
-            let run = host::train::RunDir::new(&args.out);
+            let run = host::run::RunDir::new(&args.out);
             let config = if args.resume {
                 run.config()?
             } else {
@@ -550,10 +555,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.epochs,
                 config.batch
             );
-            let summary = host::train::train(&config, &run, args.resume, cli.quiet, |line| {
-                println!("{line}")
-            })
-            .with_context(|| format!("training into {}", args.out.display()))?;
+            let start = match (args.resume, args.overwrite) {
+                (true, _) => host::run::Start::Resume,
+                (false, true) => host::run::Start::Overwrite,
+                (false, false) => host::run::Start::New,
+            };
+            let summary =
+                host::train::train(&config, &run, start, cli.quiet, |line| println!("{line}"))
+                    .with_context(|| format!("training into {}", args.out.display()))?;
             println!(
                 "best validation mIoU {:.4} at epoch {}; run folder {}",
                 summary.state.best_miou,
@@ -588,7 +597,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if images.is_empty() && grid.is_none() {
                 anyhow::bail!("give images to segment, or --grid N");
             }
-            let dir = host::train::RunDir::new(&run);
+            let dir = host::run::RunDir::new(&run);
             let config = dir.config()?;
             let predictor = host::predict::Predictor::from_run(&dir, &weights)?;
             let written = host::predict::predict_files(&predictor, &images, &out)?;
@@ -703,7 +712,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             check_images,
             nnef,
         } => {
-            let dir = host::train::RunDir::new(&run);
+            let dir = host::run::RunDir::new(&run);
             let report = host::export::export_run(&dir, &weights, size, &out, check_images)
                 .with_context(|| format!("exporting {}", run.display()))?;
             let ops: Vec<String> = report

@@ -8,7 +8,7 @@ use plotters::style::{FontStyle, register_font};
 
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
-use crate::train::EpochRecord;
+use crate::run::EpochRecord;
 
 fn fonts() {
     static ONCE: Once = Once::new();

@@ -35,7 +35,7 @@ pub struct Predictor {
 
 impl Predictor {
     /// Weights `weights` of the run in `run`, on the CPU.
-    pub fn from_run(run: &crate::train::RunDir, weights: &str) -> Result<Predictor> {
+    pub fn from_run(run: &crate::run::RunDir, weights: &str) -> Result<Predictor> {
         let config = run.config()?;
         let device = Device::flex();
         Ok(Predictor {

@@ -1,12 +1,5 @@
-//! Training: the loop, its schedule, checkpoints that survive a crash, and the run
-//! folder a trained model lives in.
-//!
-//! A run folder holds `config.json` (everything needed to rebuild the model and
-//! continue training), `best.bpk` (weights with the best validation mIoU),
-//! `last.bpk` and `optimizer.bpk` (to resume), `state.json` (epochs done, history),
-//! `metrics.csv` (one row per epoch) and `curves.png`. Every file is written to a
-//! temporary name and renamed, so a crash or `kill -9` at any moment leaves a
-//! loadable run.
+//! Training: the configuration, the loop and its schedule. The run folder it
+//! writes, and how it stays consistent through a crash, is [`crate::run`].
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,8 +9,6 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
-use burn::store::ModuleRecord;
-use burn::tensor::Bytes;
 use firmware::Size;
 use firmware::metrics::ConfusionMatrix;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -26,11 +17,11 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Augment, BatchPlan, DataSpec, Normalize, Source, batches};
 use crate::error::{Error, Result};
 use crate::inference::{EvalPlan, evaluate};
-use crate::io::write_atomic;
 use crate::labels::LabelSpace;
 use crate::loss::{LossConfig, median_frequency_weights};
 use crate::model::{Model, ModelConfig};
 use crate::optim::FusedAdam;
+use crate::run::{EpochRecord, RunDir, RunState, Start, model_bytes};
 
 /// Optimiser.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -238,132 +229,6 @@ impl TrainConfig {
     }
 }
 
-/// One row of `metrics.csv`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    /// Epoch number, from 1.
-    pub epoch: usize,
-    /// Mean training loss.
-    pub train_loss: f64,
-    /// Validation mean IoU.
-    pub val_miou: f64,
-    /// Validation pixel accuracy.
-    pub val_pixel_accuracy: f64,
-    /// Learning rate at the end of the epoch.
-    pub lr: f64,
-    /// Wall time of the epoch (training and validation), seconds.
-    pub seconds: f64,
-    /// Size of the training samples (half the run's size in the epochs of
-    /// progressive resizing); absent in runs from before it was recorded.
-    #[serde(default)]
-    pub train_size: Option<Size>,
-}
-
-/// Progress of a run, saved as `state.json` after every epoch.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RunState {
-    /// Epochs completed.
-    pub epochs_done: usize,
-    /// Best validation mIoU so far.
-    pub best_miou: f64,
-    /// Epoch of the best validation mIoU.
-    pub best_epoch: usize,
-    /// Class weights used by the loss.
-    pub class_weights: Vec<f32>,
-    /// One record per completed epoch.
-    pub history: Vec<EpochRecord>,
-    /// Whether early stopping ended the run.
-    pub stopped_early: bool,
-}
-
-/// The files of a run folder.
-#[derive(Clone, Debug)]
-pub struct RunDir {
-    /// The folder.
-    pub path: PathBuf,
-}
-
-impl RunDir {
-    /// A run folder at `path` (not created until something is saved).
-    pub fn new(path: impl Into<PathBuf>) -> RunDir {
-        RunDir { path: path.into() }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-
-    fn read_json<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<T> {
-        let path = self.file(name);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::BadFile {
-            path,
-            what: format!("not a valid {name}: {e}"),
-        })
-    }
-
-    fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
-        write_atomic(
-            &self.file(name),
-            &serde_json::to_vec_pretty(value).expect("serialisable"),
-        )
-    }
-
-    /// The training configuration.
-    pub fn config(&self) -> Result<TrainConfig> {
-        self.read_json("config.json")
-    }
-
-    /// The progress record.
-    pub fn state(&self) -> Result<RunState> {
-        self.read_json("state.json")
-    }
-
-    /// Loads weights `name` (`best.bpk` or `last.bpk`) into the model `config` describes.
-    pub fn load_model(&self, name: &str, device: &Device) -> Result<Model> {
-        let config = self.config()?;
-        let path = self.file(name);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let bad = |e: String| Error::BadFile {
-            path: path.clone(),
-            what: format!("not a loadable checkpoint: {e}"),
-        };
-        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
-            .map_err(|e| bad(format!("{e:?}")))?;
-        config
-            .model
-            .init(device)
-            .try_load_record(record)
-            .map_err(|e| bad(format!("{e:?}")))
-    }
-
-    fn save_model(&self, name: &str, model: &Model) -> Result<()> {
-        let path = self.file(name);
-        let bytes = model
-            .clone()
-            .into_record()
-            .into_bytes()
-            .map_err(|e| Error::BadFile {
-                path: path.clone(),
-                what: format!("cannot serialise the model: {e:?}"),
-            })?;
-        write_atomic(&path, &bytes)
-    }
-
-    fn write_metrics_csv(&self, history: &[EpochRecord]) -> Result<()> {
-        let mut csv =
-            String::from("epoch,train_loss,val_miou,val_pixel_accuracy,lr,seconds,train_size\n");
-        for r in history {
-            let size = r.train_size.map(|s| s.to_string()).unwrap_or_default();
-            csv += &format!(
-                "{},{:.6},{:.6},{:.6},{:.3e},{:.2},{size}\n",
-                r.epoch, r.train_loss, r.val_miou, r.val_pixel_accuracy, r.lr, r.seconds
-            );
-        }
-        write_atomic(&self.file("metrics.csv"), csv.as_bytes())
-    }
-}
-
 /// What a finished (or stopped) run reports.
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
@@ -424,34 +289,71 @@ fn class_statistics(source: &Source, config: &TrainConfig) -> Result<Vec<f32>> {
     Ok(median_frequency_weights(&class_pixels, &present_pixels))
 }
 
-/// Trains `config` into the run folder `run`, or continues the run there when
-/// `resume` is set. `log` receives one line per epoch.
+/// A freshly initialised model for `config` (with its ImageNet encoder
+/// weights when the configuration names them).
+fn initial_model(
+    config: &TrainConfig,
+    device: &Device,
+    log: &mut impl FnMut(&str),
+) -> Result<Model> {
+    device.seed(config.seed);
+    let mut model = config.model.init(device);
+    if let Some(path) = &config.encoder_weights {
+        let Model::Linknet(net) = &mut model else {
+            return Err(Error::Invalid(
+                "--encoder-weights: only LinkNet has a ResNet encoder".into(),
+            ));
+        };
+        let n = crate::model::pretrained::load_resnet_encoder(net, path)?;
+        log(&format!(
+            "encoder: {n} tensors of ImageNet weights from {}",
+            path.display()
+        ));
+    }
+    Ok(model)
+}
+
+/// Trains `config` into the run folder `run` (see [`Start`] for how an
+/// existing folder is treated; resuming takes the configuration from the
+/// folder). Every input is validated before anything is written. `log`
+/// receives one line per epoch.
 pub fn train(
     config: &TrainConfig,
     run: &RunDir,
-    resume: bool,
+    start: Start,
     quiet: bool,
     mut log: impl FnMut(&str),
 ) -> Result<TrainSummary> {
     let device = Device::flex().autodiff();
-    let (config, mut state, mut model, mut optim) = if resume {
+    let (config, mut state, mut model, mut optim) = if start == Start::Resume {
         let config = run.config()?;
         let state = run.state()?;
-        let model = run.load_model("last.bpk", &device)?;
-        let optim_path = run.file("optimizer.bpk");
-        let optim = config
-            .optimizer()
-            .load(&optim_path)
-            .map_err(|e| Error::BadFile {
-                path: optim_path.clone(),
-                what: format!("not a loadable optimizer state: {e:?}"),
-            })?;
-        log(&format!(
-            "resuming {} after epoch {}",
-            run.path.display(),
-            state.epochs_done
-        ));
-        (config, state, model, optim)
+        run.tidy(&state)?;
+        if state.epochs_done == 0 {
+            log(&format!(
+                "resuming {}: no epoch was finished, starting from the beginning",
+                run.path.display()
+            ));
+            let model = initial_model(&config, &device, &mut log)?;
+            let optim = config.optimizer();
+            (config, state, model, optim)
+        } else {
+            let model = run.load_model("last.bpk", &device)?;
+            let optim_path = run.optimizer_path(&state);
+            let optim = config
+                .optimizer()
+                .load(&optim_path)
+                .map_err(|e| Error::BadFile {
+                    path: optim_path.clone(),
+                    what: format!("not a loadable optimizer state: {e:?}"),
+                })?;
+            log(&format!(
+                "resuming {} after epoch {}",
+                run.path.display(),
+                state.epochs_done
+            ));
+            (config, state, model, optim)
+        }
     } else {
         if config.batch == 0 || config.epochs == 0 {
             return Err(Error::Invalid(
@@ -469,22 +371,8 @@ pub fn train(
                 config.size
             )));
         }
-        device.seed(config.seed);
-        let mut model = config.model.init(&device);
-        if let Some(path) = &config.encoder_weights {
-            let Model::Linknet(net) = &mut model else {
-                return Err(Error::Invalid(
-                    "--encoder-weights: only LinkNet has a ResNet encoder".into(),
-                ));
-            };
-            let n = crate::model::pretrained::load_resnet_encoder(net, path)?;
-            log(&format!(
-                "encoder: {n} tensors of ImageNet weights from {}",
-                path.display()
-            ));
-        }
-        std::fs::create_dir_all(&run.path).map_err(|e| Error::io(&run.path, e))?;
-        run.write_json("config.json", config)?;
+        run.check_new(start)?;
+        let model = initial_model(config, &device, &mut log)?;
         (
             config.clone(),
             RunState::default(),
@@ -497,6 +385,10 @@ pub fn train(
         return Err(Error::Invalid(
             "the training and validation splits must each hold at least one image".into(),
         ));
+    }
+    if start != Start::Resume {
+        train_source.check(config.workers)?;
+        val_source.check(config.workers)?;
     }
     let n_classes = config.model.num_classes();
     if state.class_weights.is_empty() {
@@ -515,6 +407,13 @@ pub fn train(
                 )));
             }
         };
+    }
+    // Everything is validated: only now is the folder written.
+    if start != Start::Resume {
+        if start == Start::Overwrite {
+            run.clear()?;
+        }
+        run.begin(&config)?;
     }
     let weights = (!state.class_weights.iter().all(|&w| w == 1.0)).then(|| {
         Tensor::<1>::from_data(
@@ -653,19 +552,16 @@ pub fn train(
             record.seconds,
             trained_at
         ));
-        // Weights first, then the state that points at them: a crash between the
-        // two leaves the previous, consistent state.
-        if record.val_miou > state.best_miou || state.history.is_empty() {
-            run.save_model("best.bpk", &model)?;
+        let best = record.val_miou > state.best_miou || state.history.is_empty();
+        if best {
             state.best_miou = record.val_miou;
             state.best_epoch = epoch;
         }
-        run.save_model("last.bpk", &model)?;
+        let weights = model_bytes(&model, &run.file("last.bpk"))?;
         let optim_bytes = optim.into_bytes().map_err(|e| Error::BadFile {
             path: run.file("optimizer.bpk"),
             what: format!("cannot serialise the optimizer: {e:?}"),
         })?;
-        write_atomic(&run.file("optimizer.bpk"), &optim_bytes)?;
         state.history.push(record);
         state.epochs_done = epoch;
         last_matrix = matrix;
@@ -675,7 +571,8 @@ pub fn train(
         {
             state.stopped_early = true;
         }
-        run.write_json("state.json", &state)?;
+        // Checkpoints, then the state naming them: see `crate::run`.
+        run.commit(&mut state, &weights, &optim_bytes, best)?;
         run.write_metrics_csv(&state.history)?;
         crate::plot::curves(&run.file("curves.png"), &state.history)?;
         if state.stopped_early {
@@ -783,7 +680,7 @@ mod tests {
                 class_weights: kind,
                 ..config
             };
-            train(&config, &run, false, true, |_| {})
+            train(&config, &run, Start::New, true, |_| {})
                 .unwrap()
                 .state
                 .class_weights
@@ -813,7 +710,7 @@ mod tests {
             encoder_weights: Some(dir.path().join("resnet18.pth")),
             ..config
         };
-        let err = train(&config, &run, false, true, |_| {}).unwrap_err();
+        let err = train(&config, &run, Start::New, true, |_| {}).unwrap_err();
         assert!(err.to_string().contains("only LinkNet"), "{err}");
         assert!(!run.path.exists());
     }
@@ -840,7 +737,7 @@ mod tests {
             crop: Some(Size::new(32, 32)),
             ..config
         };
-        let summary = train(&config, &run, false, true, |_| {}).unwrap();
+        let summary = train(&config, &run, Start::New, true, |_| {}).unwrap();
         let h = &summary.state.history;
         assert_eq!(h.len(), 12);
         assert!(
@@ -865,7 +762,7 @@ mod tests {
             progressive: 0.5,
             ..config
         };
-        let summary = train(&config, &run, false, true, |_| {}).unwrap();
+        let summary = train(&config, &run, Start::New, true, |_| {}).unwrap();
         let h = &summary.state.history;
         let sizes: Vec<_> = h
             .iter()
@@ -899,7 +796,7 @@ mod tests {
             crop: Some(Size::new(64, 16)),
             ..config
         };
-        let err = train(&config, &run, false, true, |_| {})
+        let err = train(&config, &run, Start::New, true, |_| {})
             .unwrap_err()
             .to_string();
         assert!(
@@ -920,7 +817,7 @@ mod tests {
                 ..config.clone()
             },
             &run,
-            false,
+            Start::New,
             true,
             |l| lines.push(l.to_string()),
         )
@@ -935,16 +832,37 @@ mod tests {
         );
         assert!(h[11].val_pixel_accuracy > h[0].val_pixel_accuracy, "{h:?}");
         assert_eq!(lines.len(), 12);
-        for f in [
-            "config.json",
-            "best.bpk",
-            "last.bpk",
-            "optimizer.bpk",
-            "state.json",
-            "metrics.csv",
-            "curves.png",
-        ] {
-            assert!(run.path.join(f).is_file(), "{f} missing");
+        let current = first.state.checkpoints.clone().unwrap();
+        assert_eq!(current.last, "last-e00012.bpk");
+        assert_eq!(current.optimizer, "optimizer-e00012.bpk");
+        assert_eq!(
+            current.best,
+            format!("best-e{:05}.bpk", first.state.best_epoch)
+        );
+        let mut files: Vec<String> = std::fs::read_dir(&run.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let mut expected = vec![
+            "config.json".to_string(),
+            "best.bpk".into(),
+            "last.bpk".into(),
+            "state.json".into(),
+            "metrics.csv".into(),
+            "curves.png".into(),
+            current.last.clone(),
+            current.optimizer.clone(),
+            current.best.clone(),
+        ];
+        expected.sort();
+        assert_eq!(files, expected, "earlier epochs' checkpoints are removed");
+        // The stable names hold the manifest's checkpoints.
+        for (alias, file) in [("best.bpk", &current.best), ("last.bpk", &current.last)] {
+            assert_eq!(
+                std::fs::read(run.path.join(alias)).unwrap(),
+                std::fs::read(run.path.join(file)).unwrap()
+            );
         }
         assert_eq!(
             std::fs::read_to_string(run.path.join("metrics.csv"))
@@ -976,7 +894,7 @@ mod tests {
         let mut config = run.config().unwrap();
         config.epochs = 14;
         run.write_json("config.json", &config).unwrap();
-        let resumed = train(&config, &run, true, true, |_| {}).unwrap();
+        let resumed = train(&config, &run, Start::Resume, true, |_| {}).unwrap();
         let epochs: Vec<usize> = resumed.state.history.iter().map(|r| r.epoch).collect();
         assert_eq!(epochs, (1..=14).collect::<Vec<_>>());
     }
@@ -985,14 +903,14 @@ mod tests {
     fn a_corrupt_checkpoint_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let (config, run) = tiny(dir.path(), 1);
-        train(&config, &run, false, true, |_| {}).unwrap();
+        train(&config, &run, Start::New, true, |_| {}).unwrap();
         let bytes = std::fs::read(run.path.join("last.bpk")).unwrap();
         std::fs::write(run.path.join("last.bpk"), &bytes[..bytes.len() / 3]).unwrap();
-        let err = train(&config, &run, true, true, |_| {})
+        let err = train(&config, &run, Start::Resume, true, |_| {})
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("last.bpk") && err.contains("checkpoint"),
+            err.contains("last-e00001.bpk") && err.contains("checkpoint"),
             "{err}"
         );
         // The best checkpoint, written separately, still loads.

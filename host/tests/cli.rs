@@ -366,3 +366,246 @@ fn demo_serve_keeps_a_live_view_open() {
     child.wait().unwrap();
     assert!(frames >= 5, "the live view kept streaming: {frames} frames");
 }
+
+/// A small synthetic training command into `out`, with `extra` flags.
+fn tiny_train(out: &Path, epochs: usize, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "train",
+        "--model",
+        "unet",
+        "--base-width",
+        "4",
+        "--size",
+        "40x32",
+        "--batch",
+        "4",
+        "--synthetic-train",
+        "8",
+        "--synthetic-val",
+        "2",
+        "--workers",
+        "1",
+        "-q",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(["--epochs".into(), epochs.to_string()]);
+    args.extend(["--out".into(), out.display().to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn run_files(run: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(run)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// `train --out` on a trained run refuses without `--resume` or `--overwrite`,
+/// and a command that fails validation never touches it.
+#[test]
+fn train_never_overwrites_a_run_by_accident() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let args = tiny_train(&run, 2, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = edgeseg(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = run_files(&run);
+
+    // The same command again: refused, nothing written.
+    let out = edgeseg(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already holds a run (2 trained epochs)")
+            && err.contains("--resume")
+            && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert_eq!(run_files(&run), before);
+
+    // --overwrite with a bad dataset (a label value of 200): the error names the
+    // file and the run is untouched.
+    let data = dir.path().join("data");
+    for split in ["train", "val"] {
+        for (sub, pixel) in [
+            (split.to_string(), [90u8, 90, 90]),
+            (format!("{split}annot"), [3, 3, 3]),
+        ] {
+            std::fs::create_dir_all(data.join(&sub)).unwrap();
+            let mut img = image::RgbImage::from_pixel(40, 32, image::Rgb(pixel));
+            if sub == "trainannot" {
+                img.put_pixel(3, 4, image::Rgb([200, 200, 200]));
+            }
+            if sub.ends_with("annot") {
+                image::DynamicImage::ImageRgb8(img)
+                    .into_luma8()
+                    .save(data.join(&sub).join("a.png"))
+                    .unwrap();
+            } else {
+                img.save(data.join(&sub).join("a.png")).unwrap();
+            }
+        }
+    }
+    let bad = tiny_train(&run, 2, &["--overwrite", "--data", data.to_str().unwrap()]);
+    let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
+    let out = edgeseg(&bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("label value 200") && err.contains("a.png"),
+        "{err}"
+    );
+    assert_eq!(
+        run_files(&run),
+        before,
+        "a failed --overwrite left the run as it was"
+    );
+
+    // A folder holding something else is never taken, even with --overwrite.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let args = tiny_train(&other, 1, &["--overwrite"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = edgeseg(&args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a run folder"));
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
+
+    // An explicit --overwrite replaces the run.
+    let args = tiny_train(&run, 1, &["--overwrite"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = edgeseg(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["epochs_done"], 1);
+}
+
+/// `kill -9` of a real training process at many moments always leaves a run
+/// that `--resume` continues exactly: the same epochs, none trained twice, the
+/// same losses as a run that was never interrupted.
+#[cfg(unix)]
+#[test]
+fn killed_training_resumes_exactly() {
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let epochs = 8;
+    let reference = dir.path().join("reference");
+    let args = tiny_train(&reference, epochs, &[]);
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeseg"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let whole = t.elapsed();
+    let history = |run: &Path| -> Vec<(u64, f64)> {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
+        state["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["epoch"].as_u64().unwrap(),
+                    r["train_loss"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let expected = history(&reference);
+    assert_eq!(expected.len(), epochs);
+
+    // Kill at moments spread over an epoch's length (start-up, mid-epoch,
+    // while checkpoints are written), resuming each time, until it finishes.
+    let run = dir.path().join("run");
+    let step = whole / (2 * epochs as u32 + 3);
+    let (mut kills, mut attempt, mut progress) = (0, 0, Vec::new());
+    loop {
+        let resume = run.join("config.json").is_file();
+        let args = tiny_train(&run, epochs, if resume { &["--resume"] } else { &[] });
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edgeseg"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        attempt += 1;
+        let delay = step * (1 + (attempt * 7) % 5) / 2;
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            kills += 1;
+        } else {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if history(&run).len() == epochs {
+                break;
+            }
+        }
+        assert!(attempt < 200, "no progress after {attempt} attempts");
+        // Every instant leaves a consistent run: the state's checkpoints exist.
+        if !run.join("state.json").is_file() {
+            progress.push(0);
+            continue;
+        }
+        {
+            let state: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
+            if let Some(c) = state["checkpoints"].as_object() {
+                for f in c.values() {
+                    assert!(run.join(f.as_str().unwrap()).is_file(), "{f} missing");
+                }
+            }
+        }
+        progress.push(history(&run).len());
+    }
+    assert!(
+        kills >= 3,
+        "only {kills} kills: the test did not interrupt training"
+    );
+    let got = history(&run);
+    let epochs_seen: Vec<u64> = got.iter().map(|r| r.0).collect();
+    assert_eq!(epochs_seen, (1..=epochs as u64).collect::<Vec<_>>());
+    for ((e, a), (_, b)) in got.iter().zip(&expected) {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs(),
+            "epoch {e}: loss {a} after {kills} kills, {b} uninterrupted"
+        );
+    }
+    eprintln!(
+        "{kills} kills over {attempt} starts (epochs done after each: {progress:?}); \
+         losses match the uninterrupted run"
+    );
+}

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use firmware::Size;
 use firmware::sink::Sink;
 use host::model::ModelConfig;
-use host::train::{RunDir, TrainConfig, train};
+use host::run::{RunDir, Start};
+use host::train::{TrainConfig, train};
 
 /// Where the tests expect CamVid (relative to the workspace root).
 const CAMVID: &str = "../shared/datasets/camvid";
@@ -48,7 +49,7 @@ fn train_small(data: &Path, out: &Path, size: Size, epochs: usize) -> RunDir {
     config.batch = 4;
     config.lr = 4e-3;
     let run = RunDir::new(out.join("run"));
-    train(&config, &run, false, true, |_| {}).unwrap();
+    train(&config, &run, Start::New, true, |_| {}).unwrap();
     run
 }
 

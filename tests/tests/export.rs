@@ -6,7 +6,8 @@ use std::process::Command;
 
 use firmware::engine::Engine;
 use host::model::ModelConfig;
-use host::train::{RunDir, TrainConfig, train};
+use host::run::{RunDir, Start};
+use host::train::{TrainConfig, train};
 
 /// The Python interpreter with `onnx` and `onnxruntime`: `EDGESEG_PYTHON`, or
 /// the environment `bench/setup-python.sh` creates.
@@ -31,7 +32,7 @@ fn tiny_run(dir: &std::path::Path, model: ModelConfig) -> RunDir {
     config.batch = 4;
     config.augment = None;
     let run = RunDir::new(dir.join("run"));
-    train(&config, &run, false, true, |_| {}).unwrap();
+    train(&config, &run, Start::New, true, |_| {}).unwrap();
     run
 }
 
@@ -257,7 +258,7 @@ fn int8_keeps_the_accuracy_of_a_model_that_segments() {
     config.batch = 8;
     config.lr = 4e-3;
     let run = RunDir::new(dir.path().join("run"));
-    train(&config, &run, false, true, |_| {}).unwrap();
+    train(&config, &run, Start::New, true, |_| {}).unwrap();
     let float = dir.path().join("model.onnx");
     let int8 = dir.path().join("model.int8.onnx");
     host::export::export_run(&run, "best.bpk", None, &float, 2).unwrap();

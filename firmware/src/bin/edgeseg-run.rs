@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use firmware::Size;
 use firmware::sink::{self, Sink, StreamOptions};
@@ -193,6 +194,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         firmware::source::open(&cli.source, cli.seed)?
     };
+    // systemd's stop (SIGTERM), Ctrl-C (SIGINT) and a closed terminal
+    // (SIGHUP) end the run cleanly: capture stops, what is queued is written,
+    // every sink is finished. A second signal ends the process at once.
+    let stop = firmware::pipeline::Stop::new();
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.requested() {
+                eprintln!("second signal: exiting without finishing the outputs");
+                std::process::exit(130);
+            }
+            eprintln!("stopping: finishing the frames in flight and the outputs");
+            stop.request();
+        })
+        .context("installing the SIGTERM/SIGINT handler")?;
+    }
     let sinks = cli
         .sink
         .iter()
@@ -221,6 +238,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         queue: cli.queue,
         report_every: (cli.report_every > 0.0).then(|| Duration::from_secs_f64(cli.report_every)),
         workers: cli.workers.into(),
+        stop: stop.clone(),
+        ..Default::default()
     };
     let summary = sink::stream(source, segmenter, sinks, options, |window, over| {
         eprintln!("{}", window.line(over))
