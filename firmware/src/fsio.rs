@@ -99,8 +99,16 @@ mod tests {
         let leftovers = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary file is left behind");
         let mut tmp = builder().tempfile_in(path.parent().unwrap()).unwrap();
-        let name = tmp.path().file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.starts_with(&format!(".edgeseg-{}-", std::process::id())), "{name}");
+        let name = tmp
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            name.starts_with(&format!(".edgeseg-{}-", std::process::id())),
+            "{name}"
+        );
         tmp.write_all(b"x").unwrap();
         drop(tmp);
         // A dead process's leftovers go; a live one's and other files stay.

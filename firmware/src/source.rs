@@ -92,6 +92,8 @@ pub struct SourceStats {
     pub corrupt: u64,
     /// Bytes of an incomplete last frame, dropped at the end of the stream.
     pub truncated_bytes: u64,
+    /// Bytes between pictures that belong to none (an MJPEG stream's junk).
+    pub skipped_bytes: u64,
     /// Times a camera that went away was reopened ([`Reopening`]).
     pub reopened: u64,
 }
@@ -101,6 +103,7 @@ impl SourceStats {
         self.frames += other.frames;
         self.corrupt += other.corrupt;
         self.truncated_bytes += other.truncated_bytes;
+        self.skipped_bytes += other.skipped_bytes;
         self.reopened += other.reopened;
     }
 }
@@ -195,6 +198,8 @@ pub struct MjpegSource<R> {
     live: bool,
     reader: R,
     pending: Vec<u8>,
+    /// The walk through the picture at the start of `pending`, if one started.
+    scan: Option<JpegScan>,
     eof: bool,
     frame: OwnedFrame,
     stats: SourceStats,
@@ -208,6 +213,7 @@ impl<R: Read + Send> MjpegSource<R> {
             live: false,
             reader,
             pending: Vec::new(),
+            scan: None,
             eof: false,
             frame: OwnedFrame::from_rgb(image::RgbImage::new(1, 1)),
             stats: SourceStats::default(),
@@ -221,20 +227,58 @@ impl<R: Read + Send> MjpegSource<R> {
         self
     }
 
-    /// The next complete JPEG (SOI to EOI) in the stream, if any.
+    /// The next complete JPEG (SOI to EOI) in the stream, if any. A picture
+    /// cut short by the start of the next one (a camera restarted mid-frame),
+    /// or longer than [`MAX_JPEG_BYTES`], is counted as corrupt and the next
+    /// one is kept; bytes outside any picture are skipped. Memory stays below
+    /// [`MAX_JPEG_BYTES`] plus one read, and every byte is scanned once.
     fn next_jpeg(&mut self) -> Result<Option<Vec<u8>>, SourceError> {
         loop {
-            if let Some(start) = find(&self.pending, &[0xFF, 0xD8])
-                && let Some(end) = find(&self.pending[start + 2..], &[0xFF, 0xD9])
-            {
-                let end = start + 2 + end + 2;
-                let jpeg = self.pending[start..end].to_vec();
-                self.pending.drain(..end);
-                return Ok(Some(jpeg));
+            if self.scan.is_none() {
+                // Look for a start of image; keep a trailing 0xFF, which may
+                // be the first half of one.
+                match find(&self.pending, &[0xFF, 0xD8]) {
+                    Some(start) => {
+                        self.skipped(start);
+                        self.scan = Some(JpegScan::new());
+                    }
+                    None => {
+                        let keep = usize::from(self.pending.last() == Some(&0xFF));
+                        self.skipped(self.pending.len() - keep);
+                    }
+                }
+            }
+            if let Some(scan) = &mut self.scan {
+                match scan.advance(&self.pending) {
+                    Scan::Complete(end) => {
+                        let jpeg = self.pending[..end].to_vec();
+                        self.pending.drain(..end);
+                        self.scan = None;
+                        return Ok(Some(jpeg));
+                    }
+                    Scan::Broken => {
+                        // Resynchronise at the next start of image after this
+                        // one's (a cut-short picture's lengths may point past it).
+                        self.stats.corrupt += 1;
+                        let resume = find(&self.pending[2..], &[0xFF, 0xD8])
+                            .map_or(self.pending.len(), |at| 2 + at);
+                        self.pending.drain(..resume);
+                        self.scan = None;
+                        continue;
+                    }
+                    Scan::More if self.pending.len() > MAX_JPEG_BYTES => {
+                        self.stats.corrupt += 1;
+                        self.pending.drain(..2);
+                        self.scan = None;
+                        continue;
+                    }
+                    Scan::More => {}
+                }
             }
             if self.eof {
                 self.stats.truncated_bytes += self.pending.len() as u64;
                 self.pending.clear();
+                self.scan = None;
                 return Ok(None);
             }
             let mut chunk = [0u8; 64 * 1024];
@@ -247,6 +291,111 @@ impl<R: Read + Send> MjpegSource<R> {
                         what: self.what.clone(),
                         source,
                     });
+                }
+            }
+        }
+    }
+
+    /// Drops the first `n` pending bytes, which belong to no picture.
+    fn skipped(&mut self, n: usize) {
+        self.stats.skipped_bytes += n as u64;
+        self.pending.drain(..n);
+    }
+}
+
+/// Largest JPEG picture an MJPEG stream may carry (a 4K frame at high quality
+/// is about 4 MB); a longer one is skipped as corrupt, so input without end
+/// markers cannot exhaust memory.
+pub const MAX_JPEG_BYTES: usize = 32 << 20;
+
+/// Where the walk through one JPEG stands.
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// The picture ends before this offset (after its end of image).
+    Complete(usize),
+    /// The picture is broken (a marker where none may be, or none where one
+    /// must be).
+    Broken,
+    /// More bytes are needed.
+    More,
+}
+
+/// Walks a JPEG from its start of image at offset 0 through its marker
+/// segments (skipped by their length, so an embedded thumbnail's markers do
+/// not count) and its entropy-coded data, resuming where the last call
+/// stopped, so each byte is looked at once.
+#[derive(Debug)]
+struct JpegScan {
+    /// Offset of the next marker, or of the next byte of entropy-coded data.
+    at: usize,
+    /// Whether `at` is inside entropy-coded data (after a start of scan).
+    entropy: bool,
+}
+
+impl JpegScan {
+    fn new() -> JpegScan {
+        JpegScan {
+            at: 2,
+            entropy: false,
+        }
+    }
+
+    fn advance(&mut self, buf: &[u8]) -> Scan {
+        loop {
+            if self.entropy {
+                // Entropy-coded data ends at a marker other than a stuffed
+                // 0xFF00, a restart marker or fill bytes.
+                let Some(off) = buf[self.at.min(buf.len())..]
+                    .iter()
+                    .position(|&b| b == 0xFF)
+                else {
+                    self.at = buf.len();
+                    return Scan::More;
+                };
+                self.at += off;
+                let Some(&next) = buf.get(self.at + 1) else {
+                    return Scan::More;
+                };
+                match next {
+                    0x00 | 0xD0..=0xD7 => {
+                        self.at += 2;
+                        continue;
+                    }
+                    0xFF => {
+                        self.at += 1;
+                        continue;
+                    }
+                    _ => self.entropy = false,
+                }
+            }
+            let (Some(&ff), Some(&marker)) = (buf.get(self.at), buf.get(self.at + 1)) else {
+                return Scan::More;
+            };
+            if ff != 0xFF {
+                // A segment's length led somewhere that is not a marker.
+                return Scan::Broken;
+            }
+            match marker {
+                0xFF => self.at += 1,
+                0xD9 => return Scan::Complete(self.at + 2),
+                0xD8 => return Scan::Broken,
+                0x01 | 0xD0..=0xD7 => self.at += 2,
+                _ => {
+                    let Some(len) = buf.get(self.at + 2..self.at + 4) else {
+                        return Scan::More;
+                    };
+                    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                    if len < 2 {
+                        return Scan::Broken;
+                    }
+                    if marker == 0xDA {
+                        // The scan header, then entropy-coded data. A new
+                        // picture that starts inside the header is caught by
+                        // the marker check after it.
+                        self.entropy = true;
+                    }
+                    // Skip the payload (which may hold a thumbnail's markers).
+                    self.at += 2 + len;
                 }
             }
         }
@@ -607,9 +756,7 @@ pub fn open_command(
     let reader: Box<dyn Fn(CommandOutput) -> Box<dyn FrameSource> + Send> = match parts[..] {
         ["stdin", format, size] => {
             let format = parse_format(format).ok_or_else(|| bad(FORMATS))?;
-            let size = size
-                .parse::<Size>()
-                .map_err(|e| bad(&format!("{size:?} is not a size: {e}")))?;
+            let size = frame_size(size).map_err(|e| bad(&e))?;
             let what = format!("{command:?}");
             Box::new(move |out| Box::new(RawSource::new(out, format, size, &what).live(true)))
         }
@@ -650,11 +797,7 @@ pub fn open_camera(
     let parts: Vec<&str> = spec.splitn(3, ':').collect();
     let (path, size) = match parts[..] {
         ["v4l2", path] => (path.to_string(), Size::new(640, 480)),
-        ["v4l2", path, size] => (
-            path.to_string(),
-            size.parse::<Size>()
-                .map_err(|e| bad(&format!("{size:?} is not a size: {e}")))?,
-        ),
+        ["v4l2", path, size] => (path.to_string(), frame_size(size).map_err(|e| bad(&e))?),
         _ => return open(spec, 0),
     };
     #[cfg(feature = "v4l2")]
@@ -691,6 +834,32 @@ fn parse_format(name: &str) -> Option<PixelFormat> {
     })
 }
 
+/// Longest side a source's frames may have (16K video is 15360 wide).
+pub const MAX_FRAME_SIDE: u32 = 16_384;
+
+/// Most pixels a source's frame may have: 8K video (7680x4320) fits; an RGB
+/// frame of this size is 192 MiB.
+pub const MAX_FRAME_PIXELS: u64 = 64 << 20;
+
+/// Parses a frame size `WxH` of a source description, within
+/// [`MAX_FRAME_SIDE`] and [`MAX_FRAME_PIXELS`]; the error says why not.
+pub fn frame_size(s: &str) -> Result<Size, String> {
+    let size = s
+        .parse::<Size>()
+        .map_err(|e| format!("{s:?} is not a size: {e}"))?;
+    if size.width > MAX_FRAME_SIDE
+        || size.height > MAX_FRAME_SIDE
+        || u64::from(size.width) * u64::from(size.height) > MAX_FRAME_PIXELS
+    {
+        return Err(format!(
+            "{size} is larger than a camera frame can be here (at most \
+             {MAX_FRAME_SIDE} pixels a side and {} megapixels)",
+            MAX_FRAME_PIXELS >> 20
+        ));
+    }
+    Ok(size)
+}
+
 /// Opens a source from its command-line description:
 /// `synthetic[:WxH]`, `stdin:rgb:WxH`, `stdin:yuv420:WxH`, `stdin:nv12:WxH`,
 /// `stdin:yuyv:WxH`, `mjpeg:PATH` or `mjpeg:-`, `dir:PATH`.
@@ -699,10 +868,7 @@ pub fn open(spec: &str, seed: u64) -> Result<Box<dyn FrameSource>, SourceError> 
         spec: spec.into(),
         what: what.into(),
     };
-    let size = |s: &str| {
-        s.parse::<Size>()
-            .map_err(|e| bad(&format!("{s:?} is not a size: {e}")))
-    };
+    let size = |s: &str| frame_size(s).map_err(|e| bad(&e));
     let parts: Vec<&str> = spec.splitn(3, ':').collect();
     match parts[..] {
         ["synthetic"] => Ok(Box::new(SyntheticSource::new(Size::new(480, 360), seed))),
@@ -713,10 +879,11 @@ pub fn open(spec: &str, seed: u64) -> Result<Box<dyn FrameSource>, SourceError> 
                 RawSource::new(std::io::stdin(), format, size(s)?, "standard input").live(true),
             ))
         }
-        ["mjpeg", "-"] => Ok(Box::new(MjpegSource::new(
-            std::io::stdin(),
-            "standard input",
-        ))),
+        // A pipe is a camera (`rpicam-vid --codec mjpeg -o - | edgeseg-run`):
+        // live, like `stdin:`, so a slow model drops frames instead of lagging.
+        ["mjpeg", "-"] => Ok(Box::new(
+            MjpegSource::new(std::io::stdin(), "standard input").live(true),
+        )),
         ["mjpeg", path] => {
             let file = std::fs::File::open(path).map_err(|source| SourceError::Io {
                 what: path.into(),
@@ -819,6 +986,99 @@ mod tests {
         assert_eq!((stats.frames, stats.truncated_bytes), (2, 100));
     }
 
+    fn jpeg(seed: u64) -> Vec<u8> {
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&scene(80, 60, seed))
+            .unwrap();
+        jpeg
+    }
+
+    /// Decodes every frame of `stream`: the frames (as RGB bytes) and the stats.
+    fn split(stream: &[u8]) -> (Vec<Vec<u8>>, SourceStats) {
+        let mut source = MjpegSource::new(stream, "test");
+        let mut frames = Vec::new();
+        while let Some(f) = source.next_frame().unwrap() {
+            frames.push(f.data.clone());
+        }
+        (frames, source.stats())
+    }
+
+    #[test]
+    fn absurd_frame_sizes_are_clear_errors() {
+        for spec in [
+            "stdin:rgb:100000x100000",
+            "stdin:yuv420:4294967295x4294967295",
+            "synthetic:20000x10",
+            "stdin:rgb:16384x16384",
+        ] {
+            let err = open(spec, 0).err().expect(spec).to_string();
+            assert!(err.contains("larger than a camera frame"), "{spec}: {err}");
+        }
+        assert!(open("stdin:rgb:0x10", 0).is_err());
+        assert!(open("stdin:rgb:7680x4320", 0).is_ok());
+    }
+
+    #[test]
+    fn a_picture_cut_short_by_the_next_hides_nothing() {
+        // A camera restarted mid-frame: a whole picture, the first half of
+        // one, and a whole one. Both whole pictures come out intact.
+        let (a, b, c) = (jpeg(0), jpeg(1), jpeg(2));
+        let alone = |j: &[u8]| split(j).0.remove(0);
+        let same = |a: &[Vec<u8>], b: &[Vec<u8>]| a == b;
+        for cut in [b.len() / 2, 5, b.len() - 2] {
+            let stream = [&a[..], &b[..cut], &c[..]].concat();
+            let (frames, stats) = split(&stream);
+            assert!(same(&frames, &[alone(&a), alone(&c)]), "cut at {cut}");
+            assert_eq!((stats.frames, stats.corrupt), (2, 1), "cut at {cut}");
+        }
+        // Junk between pictures is skipped and counted.
+        let stream = [&b"junk"[..], &a, &[0x00, 0xFF, 0x12], &c].concat();
+        let (frames, stats) = split(&stream);
+        assert_eq!(frames.len(), 2);
+        assert_eq!((stats.corrupt, stats.skipped_bytes), (0, 7));
+    }
+
+    #[test]
+    fn markers_inside_a_segment_do_not_split_a_picture() {
+        // An EXIF-style thumbnail: a whole JPEG inside an APP1 segment.
+        let (thumb, main) = (jpeg(3), jpeg(4));
+        let mut segment = vec![0xFF, 0xE1];
+        segment.extend_from_slice(&((thumb.len() + 2) as u16).to_be_bytes());
+        segment.extend_from_slice(&thumb);
+        let with_thumb = [&main[..2], &segment, &main[2..]].concat();
+        let (frames, stats) = split(&[&with_thumb[..], &main].concat());
+        assert_eq!((stats.frames, stats.corrupt), (2, 0));
+        assert!(frames[0] == frames[1], "the thumbnail is not a frame");
+    }
+
+    #[test]
+    fn input_without_markers_keeps_memory_bounded() {
+        // A start of image and scan header, then entropy-coded-looking bytes
+        // that never end: skipped once past the limit, then a good picture.
+        let mut stream = vec![0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02];
+        stream.resize(MAX_JPEG_BYTES + (4 << 20), 0x5A);
+        // Then bytes that hold no marker at all.
+        stream.resize(stream.len() + (40 << 20), 0x00);
+        stream.extend_from_slice(&jpeg(5));
+        let started = std::time::Instant::now();
+        let mut source = MjpegSource::new(&stream[..], "test");
+        let mut frames = 0;
+        while source.next_frame().unwrap().is_some() {
+            frames += 1;
+        }
+        let stats = source.stats();
+        assert_eq!((frames, stats.corrupt), (1, 1));
+        assert!(
+            source.pending.capacity() <= 2 * MAX_JPEG_BYTES + (256 << 10),
+            "{} bytes held",
+            source.pending.capacity()
+        );
+        // Each byte is scanned a bounded number of times (the quadratic
+        // rescan took minutes on this much input).
+        assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
+    }
+
     #[test]
     fn mjpeg_stream_skips_corrupt_pictures() {
         let mut stream = Vec::new();
@@ -835,7 +1095,7 @@ mod tests {
             }
             stream.extend_from_slice(&jpeg);
         }
-        stream.extend_from_slice(&[0xFF, 0xD8, 1, 2, 3]); // a truncated last picture
+        stream.extend_from_slice(&jpeg(7)[..100]); // a truncated last picture
         let mut source = MjpegSource::new(&stream[..], "test");
         let mut sizes = Vec::new();
         while let Some(f) = source.next_frame().unwrap() {
@@ -858,7 +1118,7 @@ mod tests {
         let stats = source.stats();
         assert_eq!(
             (stats.frames, stats.corrupt, stats.truncated_bytes),
-            (2, 1, 5)
+            (2, 1, 100)
         );
     }
 

@@ -774,7 +774,11 @@ fn sigterm_and_sigint_finish_every_output() {
         let stopped = std::time::Instant::now();
         let output = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "SIG{sig}: {:?}\n{stderr}", output.status);
+        assert!(
+            output.status.success(),
+            "SIG{sig}: {:?}\n{stderr}",
+            output.status
+        );
         assert!(stopped.elapsed().as_secs() < 10, "SIG{sig}: slow to stop");
         assert!(stderr.contains("stopping:"), "{stderr}");
         let counters = stderr
@@ -783,15 +787,30 @@ fn sigterm_and_sigint_finish_every_output() {
             .unwrap_or_else(|| panic!("no final counters:\n{stderr}"));
         let number = |word: &str| -> u64 {
             let at = counters.find(word).unwrap();
-            counters[..at].split_whitespace().last().unwrap().trim_end_matches(',').parse().unwrap()
+            counters[..at]
+                .split_whitespace()
+                .last()
+                .unwrap()
+                .trim_end_matches(',')
+                .parse()
+                .unwrap()
         };
-        let (captured, processed, dropped) =
-            (number(" frames captured"), number(" processed"), number(" dropped"));
+        let (captured, processed, dropped) = (
+            number(" frames captured"),
+            number(" processed"),
+            number(" dropped"),
+        );
         assert_eq!(captured, processed + dropped, "{counters}");
         assert!(processed > 10, "{counters}");
         let lines = std::fs::read_to_string(&jsonl).unwrap().lines().count() as u64;
-        assert_eq!(lines, processed, "every processed frame is in the jsonl file");
-        assert_eq!(std::fs::read_dir(out.join("pngs")).unwrap().count() as u64, processed);
+        assert_eq!(
+            lines, processed,
+            "every processed frame is in the jsonl file"
+        );
+        assert_eq!(
+            std::fs::read_dir(out.join("pngs")).unwrap().count() as u64,
+            processed
+        );
         let gif = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(
             std::fs::File::open(out.join("d.gif")).unwrap(),
         ))
@@ -831,7 +850,14 @@ fn sigterm_ends_a_run_whose_source_blocks() {
     drop(stdin);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{:?}\n{stderr}", output.status);
-    assert!(stopped.elapsed().as_secs() < 8, "slow to stop: {:?}", stopped.elapsed());
+    assert!(
+        stopped.elapsed().as_secs() < 8,
+        "slow to stop: {:?}",
+        stopped.elapsed()
+    );
     check_lines(&String::from_utf8_lossy(&output.stdout), 2);
-    assert!(stderr.contains("2 frames captured, 2 processed, 0 dropped"), "{stderr}");
+    assert!(
+        stderr.contains("2 frames captured, 2 processed, 0 dropped"),
+        "{stderr}"
+    );
 }
