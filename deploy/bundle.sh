@@ -57,17 +57,32 @@ if [ -z "$source_spec" ]; then
 else
     exec_line="/opt/edgeseg/edgeseg-run --model $main_model --precision auto --source $source_spec${sink_args}"
 fi
+# A restarted service replaces the outputs of the run before it.
+exec_line+=" --overwrite"
 cat >"$root/edgeseg.service" <<UNIT
 [Unit]
 Description=edgeseg live road-scene segmentation
+Wants=network-online.target
 After=network-online.target
 
 [Service]
 ExecStart=$exec_line
 Restart=always
 RestartSec=2
+# SIGTERM: edgeseg-run stops capture, writes what is queued and finishes
+# every output, then exits 0.
+TimeoutStopSec=15
+# Its own user, with only the groups a camera (video) and a serial line
+# (dialout) need; file outputs with relative paths land in /var/lib/edgeseg,
+# the only place it may write.
 User=edgeseg
-SupplementaryGroups=video
+SupplementaryGroups=video dialout
+StateDirectory=edgeseg
+WorkingDirectory=/var/lib/edgeseg
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
 
 [Install]
 WantedBy=multi-user.target
@@ -77,7 +92,7 @@ cat >"$root/install.sh" <<'INSTALL'
 # Installs edgeseg into /opt/edgeseg and starts it as a systemd service.
 set -eu
 cd "$(dirname "$0")"
-id edgeseg >/dev/null 2>&1 || useradd --system --no-create-home --groups video edgeseg
+id edgeseg >/dev/null 2>&1 || useradd --system --no-create-home --groups video,dialout edgeseg
 install -d /opt/edgeseg
 install -m 755 edgeseg-run /opt/edgeseg/
 for m in model.onnx model.int8.onnx; do

@@ -56,6 +56,14 @@ pub enum SinkError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// An output that already holds an earlier run's results.
+    #[error("{}: {what}; choose another, or pass --overwrite to replace it", path.display())]
+    Exists {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is there.
+        what: String,
+    },
     /// A picture that cannot be encoded.
     #[error("encoding {what}: {source}")]
     Encode {
@@ -199,7 +207,20 @@ impl std::fmt::Debug for GifSink {
 
 impl Sink {
     /// Parses and opens a sink description (see the module documentation).
+    /// An output file that exists, or a picture folder that already holds
+    /// frame pictures, is refused: see [`Sink::open_replacing`].
     pub fn open(spec: &str) -> Result<Sink, SinkError> {
+        Sink::open_with(spec, false)
+    }
+
+    /// Like [`Sink::open`], but replaces existing output files, and removes
+    /// the frame pictures (`NNNNNN.png`) an earlier run left in a picture
+    /// folder (other files stay).
+    pub fn open_replacing(spec: &str) -> Result<Sink, SinkError> {
+        Sink::open_with(spec, true)
+    }
+
+    fn open_with(spec: &str, replace: bool) -> Result<Sink, SinkError> {
         let bad = |message: &str| SinkError::Spec {
             spec: spec.into(),
             message: message.into(),
@@ -210,16 +231,47 @@ impl Sink {
         if arg.is_empty() {
             return Err(bad("nothing after the colon"));
         }
+        // A file output: refused if it exists, unless replacing.
+        let fresh = |path: &Path| -> Result<(), SinkError> {
+            if !replace && path.exists() {
+                return Err(SinkError::Exists {
+                    path: path.to_path_buf(),
+                    what: "exists".into(),
+                });
+            }
+            Ok(())
+        };
         let folder = |kind: PngKind| -> Result<Sink, SinkError> {
             let dir = PathBuf::from(arg);
             std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
             crate::fsio::remove_stale(&dir);
+            let pictures: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map_err(io_at(&dir))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_frame_picture(p))
+                .collect();
+            if let Some(first) = pictures.first() {
+                if !replace {
+                    return Err(SinkError::Exists {
+                        path: dir.clone(),
+                        what: format!(
+                            "holds {} frame pictures of an earlier run (such as {})",
+                            pictures.len(),
+                            first.file_name().unwrap_or_default().to_string_lossy()
+                        ),
+                    });
+                }
+                for p in &pictures {
+                    std::fs::remove_file(p).map_err(io_at(p))?;
+                }
+            }
             Ok(Sink::Png { dir, kind })
         };
         Ok(match kind {
             "jsonl" if arg == "-" => Sink::Jsonl(Box::new(std::io::stdout())),
             "jsonl" => {
                 let path = Path::new(arg);
+                fresh(path)?;
                 let file = std::fs::File::create(path).map_err(io_at(path))?;
                 Sink::Jsonl(Box::new(std::io::BufWriter::new(file)))
             }
@@ -229,6 +281,7 @@ impl Sink {
             "frames" => folder(PngKind::Frame)?,
             "gif" => {
                 let path = PathBuf::from(arg);
+                fresh(&path)?;
                 let dir = match path.parent() {
                     Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                     _ => PathBuf::from("."),
@@ -254,6 +307,7 @@ impl Sink {
             }
             "mjpeg" => {
                 let path = PathBuf::from(arg);
+                fresh(&path)?;
                 let file = std::fs::File::create(&path).map_err(io_at(&path))?;
                 Sink::Mjpeg {
                     path,
@@ -396,6 +450,15 @@ fn overlay_at(item: &Segmented, size: Size, info: &ModelInfo) -> Vec<u8> {
     crate::post::overlay(&mut rgb, mask, &info.palette, OVERLAY_ALPHA, info.void)
         .expect("sized for the frame");
     rgb
+}
+
+/// Whether `path` is named like the pictures a picture sink writes
+/// (`000042.png`).
+fn is_frame_picture(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".png"))
+        .is_some_and(|stem| stem.len() >= 6 && stem.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The frame resampled (nearest) to `size` as packed RGB.

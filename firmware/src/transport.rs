@@ -79,17 +79,29 @@ pub struct Sender {
 impl Sender {
     /// Starts sending to `target`; connection errors are retried in the
     /// background (with backoff up to 5 s) and reported once on stderr.
+    /// Frames that arrive while there is no connection are dropped and
+    /// counted, so `sent + dropped` is every frame given to [`Sender::send`].
     pub fn start(target: Target) -> Sender {
         let queue: Arc<DropOldest<Vec<Vec<u8>>>> = Arc::new(DropOldest::new(4));
         let (dropped, sent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let worker = {
-            let (queue, sent) = (queue.clone(), sent.clone());
+            let (queue, sent, dropped) = (queue.clone(), sent.clone(), dropped.clone());
             std::thread::spawn(move || {
                 let mut connection: Option<Connection> = None;
                 let mut backoff = Duration::from_millis(100);
                 let mut warned = false;
+                // When the next connection attempt is due.
+                let mut retry_at = std::time::Instant::now();
                 while let Some(messages) = queue.pop() {
                     if connection.is_none() {
+                        // While the consumer is away, frames are lost (and
+                        // counted), not held; once the run ends, one last
+                        // attempt and no more waiting.
+                        let closing = queue.is_closed();
+                        if !closing && std::time::Instant::now() < retry_at {
+                            dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
                         match connect(&target) {
                             Ok(c) => {
                                 connection = Some(c);
@@ -100,7 +112,15 @@ impl Sender {
                                     eprintln!("protocol sink {target:?}: {e}; retrying");
                                     warned = true;
                                 }
-                                std::thread::sleep(backoff);
+                                dropped.fetch_add(1, Ordering::Relaxed);
+                                if closing {
+                                    // Nobody to send the rest to.
+                                    while queue.pop().is_some() {
+                                        dropped.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    break;
+                                }
+                                retry_at = std::time::Instant::now() + backoff;
                                 backoff = (backoff * 2).min(Duration::from_secs(5));
                                 continue;
                             }
@@ -119,7 +139,10 @@ impl Sender {
                         Ok(()) => {
                             sent.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(_) => connection = None,
+                        Err(_) => {
+                            dropped.fetch_add(1, Ordering::Relaxed);
+                            connection = None;
+                        }
                     }
                 }
             })
@@ -184,6 +207,28 @@ mod tests {
 
     fn mask(seq: u32) -> Vec<u8> {
         (0..32 * 24).map(|i| ((i / 17 + seq) % 11) as u8).collect()
+    }
+
+    #[test]
+    fn an_absent_consumer_loses_frames_counted_and_never_stalls_the_end() {
+        // A port nobody listens on.
+        let addr = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let sender = Sender::start(Target::Tcp(addr));
+        for seq in 0..150 {
+            sender.send(encode_frame(header(seq), &mask(seq)).unwrap());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let started = std::time::Instant::now();
+        let (sent, dropped) = sender.finish();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!((sent, dropped), (0, 150));
     }
 
     #[test]

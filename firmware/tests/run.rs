@@ -861,3 +861,58 @@ fn sigterm_ends_a_run_whose_source_blocks() {
         "{stderr}"
     );
 }
+
+/// A picture folder or output file from an earlier run is refused, naming
+/// it; `--overwrite` replaces it, with no old frame left among the new.
+#[test]
+fn earlier_outputs_are_refused_or_replaced_never_mixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    write_model(&model);
+    let (pngs, jsonl) = (dir.path().join("pngs"), dir.path().join("f.jsonl"));
+    let run_with = |frames: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--model".to_string(),
+            model.display().to_string(),
+            "--source".into(),
+            "synthetic:64x48".into(),
+            "--frames".into(),
+            frames.into(),
+            "--sink".into(),
+            format!("png:{}", pngs.display()),
+            "--sink".into(),
+            format!("jsonl:{}", jsonl.display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args, b"")
+    };
+    let (_, err, ok) = run_with("5", &[]);
+    assert!(ok, "{err}");
+    std::fs::write(pngs.join("notes.txt"), "mine").unwrap();
+    let (_, err, ok) = run_with("3", &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("pngs")
+            && err.contains("holds 5 frame pictures")
+            && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&jsonl).unwrap().lines().count(), 5);
+    let (_, err, ok) = run_with("3", &["--overwrite"]);
+    assert!(ok, "{err}");
+    let mut names: Vec<String> = std::fs::read_dir(&pngs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["000000.png", "000001.png", "000002.png", "notes.txt"]
+    );
+    assert_eq!(std::fs::read_to_string(&jsonl).unwrap().lines().count(), 3);
+    // A file output alone is refused too.
+    std::fs::remove_dir_all(&pngs).unwrap();
+    let (_, err, ok) = run_with("1", &[]);
+    assert!(!ok && err.contains("f.jsonl: exists"), "{err}");
+}

@@ -138,7 +138,8 @@ pub const OUTPUTS: [&str; 10] = [
 const SYNTHETIC: &str = "synthetic road scenes";
 
 fn sink(spec: String) -> Result<Sink> {
-    Sink::open(&spec).map_err(|e| Error::Invalid(e.to_string()))
+    // The demo's folder is its own: a second demo replaces the first's outputs.
+    Sink::open_replacing(&spec).map_err(|e| Error::Invalid(e.to_string()))
 }
 
 /// Runs the whole demo, calling `log` with a line per step.

@@ -94,7 +94,7 @@ fn board_against_predict(run: &RunDir, data: &Path, source: &str, frames: u64) -
         let masks_dir = out.join(format!("masks{i}"));
         let sinks = vec![
             Sink::open(&format!("png:{}", masks_dir.display())).unwrap(),
-            Sink::open(&format!("frames:{}", frames_dir.display())).unwrap(),
+            Sink::open_replacing(&format!("frames:{}", frames_dir.display())).unwrap(),
         ];
         let summary = host::demo::stream(model, source, 3, frames, sinks, &mut |_| {}).unwrap();
         assert_eq!(summary.totals.processed, frames, "{summary:?}");

@@ -47,6 +47,11 @@ struct Cli {
     /// a slow or absent consumer loses frames, never stalls the pipeline).
     #[arg(long)]
     sink: Vec<String>,
+    /// Replace output files that exist, and the frame pictures an earlier run
+    /// left in a picture folder; without it they are refused, so one run never
+    /// silently mixes with or destroys another's.
+    #[arg(long)]
+    overwrite: bool,
     /// Stop after this many frames (default: when the source ends; the
     /// synthetic source never does).
     #[arg(long)]
@@ -213,7 +218,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let sinks = cli
         .sink
         .iter()
-        .map(|s| Sink::open(s))
+        .map(|s| {
+            if cli.overwrite {
+                Sink::open_replacing(s)
+            } else {
+                Sink::open(s)
+            }
+        })
         .collect::<Result<Vec<_>, _>>()?;
     for sink in &sinks {
         if let Sink::Http(view) = sink {
