@@ -13,6 +13,8 @@ use tract_onnx::tract_core::plan::SimpleState;
 
 use crate::model_info::{MetadataError, ModelInfo};
 
+mod blas;
+pub mod pool;
 pub mod winograd;
 
 /// The arithmetic a model runs in.
@@ -347,8 +349,12 @@ impl Engine {
                             )
                         })?
                         .transform(&mut model)?;
-                } else if options.winograd {
-                    winograd_convs = winograd::substitute(&mut model)?;
+                } else {
+                    if options.winograd {
+                        winograd_convs = winograd::substitute(&mut model)?;
+                    }
+                    // Exact (a maximum is a maximum), so always.
+                    pool::substitute(&mut model)?;
                 }
                 model.into_optimized()?.into_runnable()
             })

@@ -21,7 +21,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use tract_linalg::multithread::{Executor, current_tract_executor};
+use tract_linalg::multithread::current_tract_executor;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
@@ -29,6 +29,8 @@ use tract_onnx::tract_core::ops::cnn::conv::KernelFormat;
 use tract_onnx::tract_core::ops::cnn::{Conv, PaddingSpec};
 use tract_onnx::tract_core::ops::math::Max;
 use tract_onnx::tract_core::ops::nn::DataFormat;
+
+use super::blas::{matmul, split, threads};
 
 /// Channels needed on both sides: each of the 16 products contracts over the
 /// input channels, so fewer make them too short (and keep the RGB stem on
@@ -87,10 +89,7 @@ impl Winograd {
     pub fn run(&self, input: &[f32], h: usize, w: usize, out: &mut [f32]) {
         let t = Tiles::new(h, w);
         let executor = current_tract_executor();
-        let threads = match &executor {
-            Executor::MultiThread(pool) => pool.current_num_threads(),
-            _ => 1,
-        };
+        let threads = threads(&executor);
         let step = t
             .block_rows(self.ins + self.outs)
             .min(t.rows.div_ceil(threads))
@@ -172,55 +171,9 @@ impl Winograd {
     }
 }
 
-/// Runs `work` on each of `groups`, each on a thread of `executor`'s pool
-/// (on this thread when there is one group or no pool).
-fn split<T: Send>(executor: &Executor, groups: Vec<T>, work: impl Fn(T) + Sync) {
-    match executor {
-        Executor::MultiThread(pool) if groups.len() > 1 => pool.scope(|s| {
-            let work = &work;
-            for group in groups {
-                s.spawn(move |_| work(group));
-            }
-        }),
-        _ => groups.into_iter().for_each(work),
-    }
-}
-
 thread_local! {
     /// The transformed blocks, kept from call to call (a few MiB at most).
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// `c (m x n) = a (m x k) @ b (k x n)`, all row-major and contiguous.
-fn matmul([m, n, k]: [usize; 3], c: &mut [f32], a: &[f32], b: &[f32]) {
-    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-    // SAFETY: the assertion above shows each slice covers its matrix at the
-    // row-major strides given, and `c` is borrowed mutably, so it aliases
-    // neither `a` nor `b`.
-    #[allow(unsafe_code)]
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 impl Op for Winograd {
@@ -358,7 +311,7 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
 
 /// The node after `id` when it is `id`'s only consumer and a ReLU (`Max`
 /// against a constant zero), and `id` is not a model output.
-fn sole_relu_after(model: &TypedModel, id: usize) -> TractResult<Option<usize>> {
+pub(super) fn sole_relu_after(model: &TypedModel, id: usize) -> TractResult<Option<usize>> {
     let outlet = OutletId::new(id, 0);
     let successors = &model.node(id).outputs[0].successors;
     if successors.len() != 1 || model.output_outlets()?.contains(&outlet) {
@@ -632,7 +585,7 @@ mod tests {
             // On three threads, with the ReLU.
             let relu = op.with_relu();
             out.fill(f32::NAN);
-            let pool = Executor::multithread(3);
+            let pool = tract_linalg::multithread::Executor::multithread(3);
             tract_linalg::multithread::multithread_tract_scope(pool, || {
                 relu.run(&input, h, w, &mut out)
             });

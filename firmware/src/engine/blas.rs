@@ -1,0 +1,79 @@
+//! What edgeseg's own operators share: matrix products through the `gemm`
+//! crate and work split over the threads of tract's executor.
+
+use tract_linalg::multithread::Executor;
+
+/// Threads `executor` runs on.
+pub(super) fn threads(executor: &Executor) -> usize {
+    match executor {
+        Executor::MultiThread(pool) => pool.current_num_threads(),
+        _ => 1,
+    }
+}
+
+/// Runs `work` on each of `groups`, each on a thread of `executor`'s pool
+/// (on this thread when there is one group or no pool).
+pub(super) fn split<T: Send>(executor: &Executor, groups: Vec<T>, work: impl Fn(T) + Sync) {
+    match executor {
+        Executor::MultiThread(pool) if groups.len() > 1 => pool.scope(|s| {
+            let work = &work;
+            for group in groups {
+                s.spawn(move |_| work(group));
+            }
+        }),
+        _ => groups.into_iter().for_each(work),
+    }
+}
+
+/// `c (m x n) = a (m x k) @ b (k x n)`, all row-major and contiguous.
+pub(super) fn matmul([m, n, k]: [usize; 3], c: &mut [f32], a: &[f32], b: &[f32]) {
+    matmul_strided([m, n, k], c, n, a, k, b, n);
+}
+
+/// `c (m x n) = a (m x k) @ b (k x n)`, row-major with row strides `ldc`,
+/// `lda` and `ldb` (at least the row lengths).
+pub(super) fn matmul_strided(
+    [m, n, k]: [usize; 3],
+    c: &mut [f32],
+    ldc: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+) {
+    let covers = |len: usize, rows: usize, ld: usize, cols: usize| {
+        rows == 0 || cols == 0 || len >= (rows - 1) * ld + cols
+    };
+    assert!(ldc >= n && lda >= k && ldb >= n);
+    assert!(covers(c.len(), m, ldc, n) && covers(a.len(), m, lda, k) && covers(b.len(), k, ldb, n));
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the assertions above show each slice covers its matrix at the
+    // row strides given, and `c` is borrowed mutably, so it aliases neither
+    // `a` nor `b`.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            false,
+            a.as_ptr(),
+            1,
+            lda as isize,
+            b.as_ptr(),
+            1,
+            ldb as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
