@@ -180,6 +180,56 @@ impl FileSplit {
         })
     }
 
+    /// Split `split` of the dataset at `root` pooled over its `train` and
+    /// `val` splits and cut by sequence: `val` is every frame whose file name
+    /// starts with one of `held_out`, `train` every other frame.
+    pub fn by_sequence(root: &Path, split: &str, held_out: &[String]) -> Result<FileSplit> {
+        let mut pool = FileSplit::open(root, "train", 0.0, 0)?;
+        if let Ok(val) = FileSplit::open(root, "val", 0.0, 0) {
+            pool.pairs.extend(val.pairs);
+        }
+        let want_val = split != "train";
+        let held = |image: &Path| {
+            let name = image
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            held_out.iter().any(|p| name.starts_with(p.as_str()))
+        };
+        let all: Vec<String> = sequences(pool.pairs.iter().map(|(i, _)| i.as_path()))
+            .into_iter()
+            .map(|(s, n)| format!("{s} ({n})"))
+            .collect();
+        for prefix in held_out {
+            let found = pool.pairs.iter().any(|(image, _)| {
+                image
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix.as_str()))
+            });
+            if !found {
+                return Err(Error::Split {
+                    dir: root.to_owned(),
+                    what: format!(
+                        "--val-sequence {prefix}: no frame's name starts with it; the sequences here are {}",
+                        all.join(", ")
+                    ),
+                });
+            }
+        }
+        pool.pairs.retain(|(image, _)| held(image) == want_val);
+        if pool.pairs.is_empty() {
+            return Err(Error::Split {
+                dir: root.to_owned(),
+                what: format!(
+                    "holding out {} leaves no frame to train on; the sequences here are {}",
+                    held_out.join(", "),
+                    all.join(", ")
+                ),
+            });
+        }
+        Ok(pool)
+    }
+
     /// The CamVid layout only: `root/split` and `root/{split}annot`.
     pub fn camvid(root: &Path, split: &str) -> Result<FileSplit> {
         let images = list_images(
@@ -255,6 +305,22 @@ impl FileSplit {
             labels: LabelSpace::cityscapes(),
         })
     }
+}
+
+/// The sequences (drives, cities) of `images` with their frame counts, by
+/// the file name up to its first `_` (CamVid's `0016E5_07959.png`,
+/// Cityscapes' `aachen_000000_000019_leftImg8bit.png`), sorted.
+pub fn sequences<'a>(images: impl Iterator<Item = &'a Path>) -> Vec<(String, usize)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for image in images {
+        let name = image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let sequence = name.split('_').next().unwrap_or("").to_string();
+        *counts.entry(sequence).or_insert(0) += 1;
+    }
+    counts.into_iter().collect()
 }
 
 /// Reads one image and its label file, maps the labels to class ids as `format`
@@ -407,12 +473,22 @@ pub struct DataSpec {
     pub synthetic_val: usize,
     /// Seed of the split and of the synthetic scenes.
     pub seed: u64,
+    /// Drives (or cities) held out for validation, by file-name prefix
+    /// (`0006R0`, `aachen`): when given, every labelled split of the dataset
+    /// is pooled, the frames whose names start with one of these validate,
+    /// and all the others train, so the validation figure is on streets the
+    /// model never saw. Empty: the dataset's own train and val splits.
+    #[serde(default)]
+    pub val_sequences: Vec<String>,
 }
 
 impl Source {
     /// Split `split` of the data `spec` describes; synthetic scenes render at `size`.
     pub fn open(spec: &DataSpec, split: &str, size: Size) -> Result<Source> {
         match &spec.root {
+            Some(root) if !spec.val_sequences.is_empty() => Ok(Source::Files(
+                FileSplit::by_sequence(root, split, &spec.val_sequences)?,
+            )),
             Some(root) => Ok(Source::Files(FileSplit::open(
                 root,
                 split,
@@ -450,6 +526,15 @@ impl Source {
         match self {
             Source::Files(f) => f.labels.clone(),
             Source::Synthetic { .. } => LabelSpace::camvid(),
+        }
+    }
+
+    /// The sequences of the samples with their frame counts (see
+    /// [`sequences`]); empty for synthetic scenes.
+    pub fn sequences(&self) -> Vec<(String, usize)> {
+        match self {
+            Source::Files(f) => sequences(f.pairs.iter().map(|(i, _)| i.as_path())),
+            Source::Synthetic { .. } => Vec::new(),
         }
     }
 
@@ -929,6 +1014,77 @@ mod tests {
             .unwrap();
         }
         dir
+    }
+
+    #[test]
+    fn a_sequence_held_out_validates_and_never_trains() {
+        // CamVid's shape: three drives in train/, the last one also in val/.
+        let dir = tempfile::tempdir().unwrap();
+        let files = [
+            ("train", "0001TP_006690.png"),
+            ("train", "0001TP_006720.png"),
+            ("train", "0006R0_f01200.png"),
+            ("train", "0016E5_00390.png"),
+            ("val", "0016E5_07959.png"),
+            ("val", "0016E5_07961.png"),
+        ];
+        for (split, name) in files {
+            write_rgb_png(&dir.path().join(split).join(name), 8, 6, &[100; 3 * 48]).unwrap();
+            write_gray_png(
+                &dir.path().join(format!("{split}annot")).join(name),
+                8,
+                6,
+                &[3; 48],
+            )
+            .unwrap();
+        }
+        let spec = |held: &[&str]| DataSpec {
+            root: Some(dir.path().to_path_buf()),
+            val_fraction: 0.2,
+            synthetic_train: 0,
+            synthetic_val: 0,
+            seed: 0,
+            val_sequences: held.iter().map(|s| s.to_string()).collect(),
+        };
+        let size = Size::new(8, 6);
+        let seqs = |held: &[&str], split: &str| {
+            Source::open(&spec(held), split, size).unwrap().sequences()
+        };
+        let owned = |v: &[(&str, usize)]| {
+            v.iter()
+                .map(|(s, n)| (s.to_string(), *n))
+                .collect::<Vec<_>>()
+        };
+        // The held-out drive's frames from both splits validate; none train.
+        assert_eq!(seqs(&["0016E5"], "val"), owned(&[("0016E5", 3)]));
+        assert_eq!(
+            seqs(&["0016E5"], "train"),
+            owned(&[("0001TP", 2), ("0006R0", 1)])
+        );
+        assert_eq!(
+            seqs(&["0006R0"], "train"),
+            owned(&[("0001TP", 2), ("0016E5", 3)])
+        );
+        assert_eq!(
+            seqs(&["0001TP", "0006R0"], "val"),
+            owned(&[("0001TP", 2), ("0006R0", 1)])
+        );
+        // Without it, the dataset's own splits.
+        assert_eq!(seqs(&[], "val"), owned(&[("0016E5", 2)]));
+        // A sequence that is not there names the ones that are.
+        let err = Source::open(&spec(&["0005VD"]), "val", size)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("0005VD") && err.contains("0001TP (2), 0006R0 (1), 0016E5 (3)"),
+            "{err}"
+        );
+        let err = Source::open(&spec(&["0001TP", "0006R0", "0016E5"]), "train", size)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("leaves no frame to train on"), "{err}");
     }
 
     #[test]

@@ -20,6 +20,11 @@ pub struct EvalReport {
     pub matrix: ConfusionMatrix,
     /// Images scored.
     pub images: usize,
+    /// What was scored: the split and the data (`val of data/camvid`).
+    pub scored: String,
+    /// The sequences (drives, cities) scored with their frame counts; empty
+    /// for synthetic scenes.
+    pub sequences: Vec<(String, usize)>,
 }
 
 impl EvalReport {
@@ -49,6 +54,16 @@ impl EvalReport {
             100.0 * m.mean_dice(),
             self.images
         );
+        out += &format!("scored {} frames: {}", self.images, self.scored);
+        if !self.sequences.is_empty() {
+            let list: Vec<String> = self
+                .sequences
+                .iter()
+                .map(|(s, n)| format!("{s} ({n})"))
+                .collect();
+            out += &format!("; sequences {}", list.join(", "));
+        }
+        out += "\n";
         out
     }
 
@@ -77,6 +92,8 @@ impl EvalReport {
             "confusion": m.rows(),
             "classes": self.classes,
             "images": self.images,
+            "scored": self.scored,
+            "sequences": self.sequences.iter().map(|(s, n)| (s.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
         })
     }
 }
@@ -121,9 +138,23 @@ pub fn evaluate_run(
     let matrix = evaluate(&model, &source, &plan, &device, |k| bar.inc(k as u64))?;
     bar.finish_and_clear();
     let classes = config.labels.names.clone();
+    let data = spec
+        .root
+        .as_ref()
+        .map_or("synthetic scenes".into(), |r| r.display().to_string());
+    let scored = if spec.val_sequences.is_empty() || spec.root.is_none() {
+        format!("the {split} split of {data}")
+    } else {
+        format!(
+            "the {split} split of {data} cut by sequence (held out for validation: {})",
+            spec.val_sequences.join(", ")
+        )
+    };
     Ok(EvalReport {
         classes,
         matrix,
         images: source.len(),
+        scored,
+        sequences: source.sequences(),
     })
 }

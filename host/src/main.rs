@@ -303,6 +303,13 @@ struct TrainArgs {
     /// Share of a plain images/ + masks/ folder held out for validation.
     #[arg(long, default_value_t = 0.2)]
     val_fraction: f32,
+    /// Hold out a whole drive (or city) for validation, by file-name prefix
+    /// (CamVid: 0001TP, 0006R0, 0016E5; Cityscapes: a city); repeat or
+    /// separate with commas for several. The dataset's train and val splits
+    /// are pooled and cut by sequence, so the validation figure is on
+    /// streets the model never saw.
+    #[arg(long, value_delimiter = ',')]
+    val_sequence: Vec<String>,
     /// Synthetic training scenes (without --data).
     #[arg(long, default_value_t = 400)]
     synthetic_train: usize,
@@ -356,6 +363,7 @@ impl TrainArgs {
             synthetic_train: self.synthetic_train,
             synthetic_val: self.synthetic_val,
             seed: self.seed,
+            val_sequences: self.val_sequence.clone(),
         };
         // The classes come from the data: CamVid's, Cityscapes', a class_dict.csv, or binary.
         let labels = host::data::Source::open(&data, "train", self.size)?.labels();

@@ -217,6 +217,7 @@ pub fn quantize_file(job: &QuantizeJob) -> Result<QuantReport> {
         synthetic_train: 0,
         synthetic_val: job.eval_images,
         seed: 0,
+        val_sequences: Vec::new(),
     };
     let source = Source::open(&spec, "val", size)?;
     let void = info.void.unwrap_or(u8::MAX);

@@ -165,6 +165,7 @@ impl TrainConfig {
                 synthetic_train: 400,
                 synthetic_val: 50,
                 seed: 0,
+                val_sequences: Vec::new(),
             },
             labels: LabelSpace::camvid(),
             model,

@@ -184,6 +184,11 @@ fn train_then_eval_writes_the_run_and_the_report() {
         table.contains("Pedestrian") && table.contains("mIoU"),
         "{table}"
     );
+    // What was scored is said, so a figure cannot pass for another protocol.
+    assert!(
+        table.contains("scored 3 frames: the val split of synthetic scenes"),
+        "{table}"
+    );
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     for key in [
         "miou",
@@ -197,6 +202,7 @@ fn train_then_eval_writes_the_run_and_the_report() {
         assert!(!report[key].is_null(), "{key} missing from {report}");
     }
     assert_eq!(report["images"], 3);
+    assert_eq!(report["scored"], "the val split of synthetic scenes");
     assert_eq!(report["confusion"].as_array().unwrap().len(), 11);
     // The eval mIoU is the one training recorded for its best epoch.
     let state: serde_json::Value =

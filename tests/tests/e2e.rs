@@ -37,6 +37,7 @@ fn train_small(data: &Path, out: &Path, size: Size, epochs: usize) -> RunDir {
         synthetic_train: 0,
         synthetic_val: 0,
         seed: 0,
+        val_sequences: Vec::new(),
     };
     let labels = host::data::Source::open(&spec, "train", size)
         .unwrap()
