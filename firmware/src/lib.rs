@@ -30,6 +30,8 @@ pub mod fsio;
 pub mod live;
 #[cfg(feature = "alloc")]
 pub mod metrics;
+#[cfg(feature = "alloc")]
+pub mod mjpeg;
 #[cfg(feature = "std")]
 pub mod model_info;
 pub mod outputs;

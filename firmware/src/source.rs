@@ -197,9 +197,7 @@ impl<R: Read + Send> FrameSource for RawSource<R> {
 pub struct MjpegSource<R> {
     live: bool,
     reader: R,
-    pending: Vec<u8>,
-    /// The walk through the picture at the start of `pending`, if one started.
-    scan: Option<JpegScan>,
+    splitter: crate::mjpeg::Splitter,
     eof: bool,
     frame: OwnedFrame,
     stats: SourceStats,
@@ -212,8 +210,7 @@ impl<R: Read + Send> MjpegSource<R> {
         MjpegSource {
             live: false,
             reader,
-            pending: Vec::new(),
-            scan: None,
+            splitter: crate::mjpeg::Splitter::default(),
             eof: false,
             frame: OwnedFrame::from_rgb(image::RgbImage::new(1, 1)),
             stats: SourceStats::default(),
@@ -227,64 +224,21 @@ impl<R: Read + Send> MjpegSource<R> {
         self
     }
 
-    /// The next complete JPEG (SOI to EOI) in the stream, if any. A picture
-    /// cut short by the start of the next one (a camera restarted mid-frame),
-    /// or longer than [`MAX_JPEG_BYTES`], is counted as corrupt and the next
-    /// one is kept; bytes outside any picture are skipped. Memory stays below
-    /// [`MAX_JPEG_BYTES`] plus one read, and every byte is scanned once.
+    /// The next complete JPEG in the stream, if any (see
+    /// [`crate::mjpeg::Splitter`]).
     fn next_jpeg(&mut self) -> Result<Option<Vec<u8>>, SourceError> {
         loop {
-            if self.scan.is_none() {
-                // Look for a start of image; keep a trailing 0xFF, which may
-                // be the first half of one.
-                match find(&self.pending, &[0xFF, 0xD8]) {
-                    Some(start) => {
-                        self.skipped(start);
-                        self.scan = Some(JpegScan::new());
-                    }
-                    None => {
-                        let keep = usize::from(self.pending.last() == Some(&0xFF));
-                        self.skipped(self.pending.len() - keep);
-                    }
-                }
-            }
-            if let Some(scan) = &mut self.scan {
-                match scan.advance(&self.pending) {
-                    Scan::Complete(end) => {
-                        let jpeg = self.pending[..end].to_vec();
-                        self.pending.drain(..end);
-                        self.scan = None;
-                        return Ok(Some(jpeg));
-                    }
-                    Scan::Broken => {
-                        // Resynchronise at the next start of image after this
-                        // one's (a cut-short picture's lengths may point past it).
-                        self.stats.corrupt += 1;
-                        let resume = find(&self.pending[2..], &[0xFF, 0xD8])
-                            .map_or(self.pending.len(), |at| 2 + at);
-                        self.pending.drain(..resume);
-                        self.scan = None;
-                        continue;
-                    }
-                    Scan::More if self.pending.len() > MAX_JPEG_BYTES => {
-                        self.stats.corrupt += 1;
-                        self.pending.drain(..2);
-                        self.scan = None;
-                        continue;
-                    }
-                    Scan::More => {}
-                }
+            if let Some(jpeg) = self.splitter.next_jpeg() {
+                return Ok(Some(jpeg));
             }
             if self.eof {
-                self.stats.truncated_bytes += self.pending.len() as u64;
-                self.pending.clear();
-                self.scan = None;
+                self.stats.truncated_bytes += self.splitter.finish() as u64;
                 return Ok(None);
             }
             let mut chunk = [0u8; 64 * 1024];
             match self.reader.read(&mut chunk) {
                 Ok(0) => self.eof = true,
-                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.splitter.push(&chunk[..n]),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(source) => {
                     return Err(SourceError::Io {
@@ -295,115 +249,6 @@ impl<R: Read + Send> MjpegSource<R> {
             }
         }
     }
-
-    /// Drops the first `n` pending bytes, which belong to no picture.
-    fn skipped(&mut self, n: usize) {
-        self.stats.skipped_bytes += n as u64;
-        self.pending.drain(..n);
-    }
-}
-
-/// Largest JPEG picture an MJPEG stream may carry (a 4K frame at high quality
-/// is about 4 MB); a longer one is skipped as corrupt, so input without end
-/// markers cannot exhaust memory.
-pub const MAX_JPEG_BYTES: usize = 32 << 20;
-
-/// Where the walk through one JPEG stands.
-#[derive(Debug, PartialEq, Eq)]
-enum Scan {
-    /// The picture ends before this offset (after its end of image).
-    Complete(usize),
-    /// The picture is broken (a marker where none may be, or none where one
-    /// must be).
-    Broken,
-    /// More bytes are needed.
-    More,
-}
-
-/// Walks a JPEG from its start of image at offset 0 through its marker
-/// segments (skipped by their length, so an embedded thumbnail's markers do
-/// not count) and its entropy-coded data, resuming where the last call
-/// stopped, so each byte is looked at once.
-#[derive(Debug)]
-struct JpegScan {
-    /// Offset of the next marker, or of the next byte of entropy-coded data.
-    at: usize,
-    /// Whether `at` is inside entropy-coded data (after a start of scan).
-    entropy: bool,
-}
-
-impl JpegScan {
-    fn new() -> JpegScan {
-        JpegScan {
-            at: 2,
-            entropy: false,
-        }
-    }
-
-    fn advance(&mut self, buf: &[u8]) -> Scan {
-        loop {
-            if self.entropy {
-                // Entropy-coded data ends at a marker other than a stuffed
-                // 0xFF00, a restart marker or fill bytes.
-                let Some(off) = buf[self.at.min(buf.len())..]
-                    .iter()
-                    .position(|&b| b == 0xFF)
-                else {
-                    self.at = buf.len();
-                    return Scan::More;
-                };
-                self.at += off;
-                let Some(&next) = buf.get(self.at + 1) else {
-                    return Scan::More;
-                };
-                match next {
-                    0x00 | 0xD0..=0xD7 => {
-                        self.at += 2;
-                        continue;
-                    }
-                    0xFF => {
-                        self.at += 1;
-                        continue;
-                    }
-                    _ => self.entropy = false,
-                }
-            }
-            let (Some(&ff), Some(&marker)) = (buf.get(self.at), buf.get(self.at + 1)) else {
-                return Scan::More;
-            };
-            if ff != 0xFF {
-                // A segment's length led somewhere that is not a marker.
-                return Scan::Broken;
-            }
-            match marker {
-                0xFF => self.at += 1,
-                0xD9 => return Scan::Complete(self.at + 2),
-                0xD8 => return Scan::Broken,
-                0x01 | 0xD0..=0xD7 => self.at += 2,
-                _ => {
-                    let Some(len) = buf.get(self.at + 2..self.at + 4) else {
-                        return Scan::More;
-                    };
-                    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-                    if len < 2 {
-                        return Scan::Broken;
-                    }
-                    if marker == 0xDA {
-                        // The scan header, then entropy-coded data. A new
-                        // picture that starts inside the header is caught by
-                        // the marker check after it.
-                        self.entropy = true;
-                    }
-                    // Skip the payload (which may hold a thumbnail's markers).
-                    self.at += 2 + len;
-                }
-            }
-        }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 impl<R: Read + Send> FrameSource for MjpegSource<R> {
@@ -426,7 +271,11 @@ impl<R: Read + Send> FrameSource for MjpegSource<R> {
     }
 
     fn stats(&self) -> SourceStats {
-        self.stats
+        SourceStats {
+            corrupt: self.stats.corrupt + self.splitter.corrupt,
+            skipped_bytes: self.splitter.skipped_bytes,
+            ..self.stats
+        }
     }
 }
 
@@ -1054,29 +903,37 @@ mod tests {
 
     #[test]
     fn input_without_markers_keeps_memory_bounded() {
+        use crate::mjpeg::{MAX_JPEG_BYTES, Splitter};
         // A start of image and scan header, then entropy-coded-looking bytes
         // that never end: skipped once past the limit, then a good picture.
         let mut stream = vec![0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02];
         stream.resize(MAX_JPEG_BYTES + (4 << 20), 0x5A);
         // Then bytes that hold no marker at all.
         stream.resize(stream.len() + (40 << 20), 0x00);
-        stream.extend_from_slice(&jpeg(5));
+        let good = jpeg(5);
+        stream.extend_from_slice(&good);
         let started = std::time::Instant::now();
+        let (mut splitter, mut pictures, mut peak) = (Splitter::default(), Vec::new(), 0);
+        for chunk in stream.chunks(64 << 10) {
+            splitter.push(chunk);
+            peak = peak.max(splitter.held());
+            while let Some(picture) = splitter.next_jpeg() {
+                pictures.push(picture);
+            }
+        }
+        assert_eq!(pictures, [good]);
+        assert_eq!(splitter.corrupt, 1);
+        assert!(peak <= MAX_JPEG_BYTES + (64 << 10), "{peak} bytes held");
+        // Each byte is scanned a bounded number of times (the quadratic
+        // rescan took minutes on this much input).
+        assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
+        // The same stream through the source: one frame, one corrupt.
         let mut source = MjpegSource::new(&stream[..], "test");
         let mut frames = 0;
         while source.next_frame().unwrap().is_some() {
             frames += 1;
         }
-        let stats = source.stats();
-        assert_eq!((frames, stats.corrupt), (1, 1));
-        assert!(
-            source.pending.capacity() <= 2 * MAX_JPEG_BYTES + (256 << 10),
-            "{} bytes held",
-            source.pending.capacity()
-        );
-        // Each byte is scanned a bounded number of times (the quadratic
-        // rescan took minutes on this much input).
-        assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
+        assert_eq!((frames, source.stats().corrupt), (1, 1));
     }
 
     #[test]
