@@ -146,9 +146,11 @@ impl Stop {
 pub struct Counters {
     /// Frames read from the source.
     pub captured: AtomicU64,
-    /// Frames segmented.
+    /// Frames segmented and handed to the outputs.
     pub processed: AtomicU64,
-    /// Frames dropped because inference or output fell behind.
+    /// Frames lost because inference or output fell behind (dropped from a
+    /// queue before reaching the outputs, segmented or not). Once a run has
+    /// ended, `captured = processed + dropped`.
     pub dropped: AtomicU64,
 }
 
@@ -189,9 +191,10 @@ pub enum PipelineError {
 pub struct RunTotals {
     /// Frames read from the source.
     pub captured: u64,
-    /// Frames segmented.
+    /// Frames segmented and handed to the outputs.
     pub processed: u64,
-    /// Frames dropped.
+    /// Frames lost on the way (see [`Counters::dropped`]); `captured =
+    /// processed + dropped`.
     pub dropped: u64,
     /// The source's own counters (corrupt, truncated).
     pub source: SourceStats,
@@ -319,7 +322,6 @@ pub fn run(
                 let result = (|| {
                     while let Some((seq, frame, started, capture)) = frames.pop() {
                         segmenter.segment(&frame.frame())?;
-                        counters.processed.fetch_add(1, Ordering::Relaxed);
                         let mut mask = mask_pool.take().unwrap_or_default();
                         mask.clear();
                         mask.extend_from_slice(segmenter.mask());
@@ -377,6 +379,7 @@ pub fn run(
             output_error = Some(e);
             break;
         }
+        counters.processed.fetch_add(1, Ordering::Relaxed);
         frame_pool.give(item.frame);
         mask_pool.give(item.mask);
     }

@@ -916,3 +916,91 @@ fn earlier_outputs_are_refused_or_replaced_never_mixed() {
     let (_, err, ok) = run_with("1", &[]);
     assert!(!ok && err.contains("f.jsonl: exists"), "{err}");
 }
+
+/// A live source faster than the pipeline: stdin written as fast as a pipe
+/// takes it, into a slow output (full-size overlay PNGs). The oldest frames
+/// are dropped and counted, every frame is accounted for (captured =
+/// processed + dropped), and latency stays bounded by the queues, not by the
+/// backlog.
+#[test]
+fn a_live_source_faster_than_the_pipeline_drops_the_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    write_model(&model);
+    let (w, h, frames) = (640usize, 480usize, 200usize);
+    let picture = image::imageops::resize(&halves(), w as u32, h as u32, image::imageops::Nearest);
+    let stdin: Vec<u8> = picture.as_raw().repeat(frames);
+    let (stdout, stderr, ok) = run(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--source",
+            &format!("stdin:rgb:{w}x{h}"),
+            "--sink",
+            "jsonl:-",
+            "--sink",
+            &format!("overlay:{}", dir.path().join("overlays").display()),
+        ],
+        &stdin,
+    );
+    assert!(ok, "{stderr}");
+    let counters = stderr
+        .lines()
+        .find(|l| l.contains("frames captured"))
+        .unwrap_or_else(|| panic!("no counters:\n{stderr}"));
+    let number = |word: &str| -> usize {
+        let at = counters.find(word).unwrap();
+        counters[..at]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .trim_end_matches(',')
+            .parse()
+            .unwrap()
+    };
+    let (captured, processed, dropped) = (
+        number(" frames captured"),
+        number(" processed"),
+        number(" dropped"),
+    );
+    assert_eq!(captured, frames, "{counters}");
+    assert_eq!(captured, processed + dropped, "{counters}");
+    assert!(
+        dropped > 0,
+        "nothing dropped: the source did not outrun the pipeline ({counters})"
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.len() <= processed,
+        "{} lines",
+        lines.len()
+    );
+    // Frames come out in capture order with gaps where frames were dropped.
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|p| p[0] < p[1]), "{seqs:?}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("overlays"))
+            .unwrap()
+            .count(),
+        lines.len()
+    );
+    // Bounded latency: a frame waits behind at most a queue's worth of
+    // others, never behind the whole backlog of 200 frames.
+    let totals: Vec<f64> = lines
+        .iter()
+        .map(|l| l["latency_ms"]["total"].as_f64().unwrap())
+        .collect();
+    let output: Vec<f64> = lines
+        .iter()
+        .map(|l| l["latency_ms"]["output"].as_f64().unwrap())
+        .collect();
+    let slowest = totals.iter().cloned().fold(0.0, f64::max);
+    let per_frame = output.iter().sum::<f64>() / output.len() as f64;
+    assert!(
+        slowest < 10.0 * per_frame.max(1.0) + 500.0,
+        "a frame took {slowest:.0} ms with {per_frame:.1} ms of output per frame"
+    );
+}
