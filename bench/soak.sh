@@ -87,7 +87,6 @@ status=0
 wait "$run" || status=$?
 for h in "${helpers[@]}"; do kill "$h" 2>/dev/null || true; done
 wait 2>/dev/null || true
-cp "$out/soak.csv" soak.csv 2>/dev/null || true
 python3 - "$out/soak.csv" "$out/run.err" "$status" <<'PY'
 import csv, re, sys
 rows = list(csv.DictReader(open(sys.argv[1])))

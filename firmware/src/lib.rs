@@ -28,6 +28,8 @@ pub mod frame;
 pub mod fsio;
 #[cfg(feature = "std")]
 pub mod live;
+#[cfg(feature = "std")]
+pub mod logging;
 #[cfg(feature = "alloc")]
 pub mod metrics;
 #[cfg(feature = "alloc")]

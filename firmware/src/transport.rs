@@ -78,7 +78,7 @@ pub struct Sender {
 
 impl Sender {
     /// Starts sending to `target`; connection errors are retried in the
-    /// background (with backoff up to 5 s) and reported once on stderr.
+    /// background (with backoff up to 5 s) and reported once as a warning.
     /// Frames that arrive while there is no connection are dropped and
     /// counted, so `sent + dropped` is every frame given to [`Sender::send`].
     pub fn start(target: Target) -> Sender {
@@ -109,7 +109,7 @@ impl Sender {
                             }
                             Err(e) => {
                                 if !warned {
-                                    eprintln!("protocol sink {target:?}: {e}; retrying");
+                                    log::warn!("protocol sink {target:?}: {e}; retrying");
                                     warned = true;
                                 }
                                 dropped.fetch_add(1, Ordering::Relaxed);

@@ -1004,3 +1004,33 @@ fn a_live_source_faster_than_the_pipeline_drops_the_oldest() {
         "a frame took {slowest:.0} ms with {per_frame:.1} ms of output per frame"
     );
 }
+
+/// Log records go through `log`: none by default, tract's own (how it
+/// lowered each layer) with `-vv`; `-q` drops the periodic statistics.
+#[test]
+fn verbosity_shows_tract_records_and_quiet_hides_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    write_model(&model);
+    let m = model.to_str().unwrap();
+    let base = ["--model", m, "--source", "synthetic:64x48", "--frames", "3"];
+    let (_, plain, ok) = run(&base, b"");
+    assert!(ok, "{plain}");
+    assert!(!plain.contains("tract_"), "{plain}");
+    let (_, verbose, ok) = run(&[&base[..], &["-vv"]].concat(), b"");
+    assert!(ok, "{verbose}");
+    assert!(
+        verbose.contains("DEBUG tract_"),
+        "no tract records with -vv:\n{verbose}"
+    );
+    let (_, quiet, ok) = run(
+        &[&base[..], &["-q", "--report-every", "0.001"]].concat(),
+        b"",
+    );
+    assert!(ok, "{quiet}");
+    assert!(
+        !quiet.contains("FPS; mean ms") || quiet.matches("FPS; mean ms").count() == 1,
+        "{quiet}"
+    );
+    assert!(quiet.contains("3 frames captured"), "{quiet}");
+}

@@ -12,9 +12,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[derive(Debug, Parser)]
 #[command(name = "edgeseg", version, about, long_about = None)]
 struct Cli {
-    /// Hide progress bars.
+    /// Hide progress bars and show only errors.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Show more: -v progress records (tract's included), -vv debug records.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -788,7 +791,9 @@ fn keep_freed_memory() {
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    firmware::logging::init(cli.verbose, cli.quiet);
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", firmware::error::chain_message(e.as_ref()));

@@ -16,7 +16,7 @@ fn fonts() {
         // A font that ships with a crate, so plots need no system fonts.
         let font = epaint_default_fonts::UBUNTU_LIGHT;
         if register_font("sans-serif", FontStyle::Normal, font).is_err() {
-            eprintln!("warning: could not register the plot font; curves will lack text");
+            log::warn!("could not register the plot font; curves will lack text");
         }
     });
 }

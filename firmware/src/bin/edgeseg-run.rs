@@ -47,6 +47,13 @@ struct Cli {
     /// a slow or absent consumer loses frames, never stalls the pipeline).
     #[arg(long)]
     sink: Vec<String>,
+    /// Show only errors and the final counters (no periodic statistics).
+    #[arg(long, short)]
+    quiet: bool,
+    /// Show more: -v progress records (tract's included), -vv debug records
+    /// (such as how tract lowered each layer).
+    #[arg(long, short, action = clap::ArgAction::Count)]
+    verbose: u8,
     /// Replace output files that exist, and the frame pictures an earlier run
     /// left in a picture folder; without it they are refused, so one run never
     /// silently mixes with or destroys another's.
@@ -247,7 +254,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let options = StreamOptions {
         limit,
         queue: cli.queue,
-        report_every: (cli.report_every > 0.0).then(|| Duration::from_secs_f64(cli.report_every)),
+        report_every: (cli.report_every > 0.0 && !cli.quiet)
+            .then(|| Duration::from_secs_f64(cli.report_every)),
         workers: cli.workers.into(),
         stop: stop.clone(),
         ..Default::default()
@@ -274,7 +282,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     match Cli::try_parse() {
-        Ok(cli) => match run(cli) {
+        Ok(cli) => match {
+            firmware::logging::init(cli.verbose, cli.quiet);
+            run(cli)
+        } {
             Ok(()) => ExitCode::SUCCESS,
             // A closed pipe (`edgeseg-run ... | head`) is a normal way to stop.
             Err(e)
