@@ -281,11 +281,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    match Cli::try_parse() {
-        Ok(cli) => match {
-            firmware::logging::init(cli.verbose, cli.quiet);
-            run(cli)
-        } {
+    let cli = Cli::try_parse().inspect(|cli| firmware::logging::init(cli.verbose, cli.quiet));
+    match cli {
+        Ok(cli) => match run(cli) {
             Ok(()) => ExitCode::SUCCESS,
             // A closed pipe (`edgeseg-run ... | head`) is a normal way to stop.
             Err(e)
