@@ -708,6 +708,30 @@ fn help_and_version_exit_zero() {
     assert!(stderr.contains("--no-such-flag"), "{stderr}");
 }
 
+/// The final counters line of `edgeseg-run`'s standard error as (captured,
+/// processed, dropped).
+fn final_counters(stderr: &str) -> (u64, u64, u64) {
+    let counters = stderr
+        .lines()
+        .find(|l| l.contains("frames captured"))
+        .unwrap_or_else(|| panic!("no final counters:\n{stderr}"));
+    let number = |word: &str| -> u64 {
+        let at = counters.find(word).unwrap();
+        counters[..at]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .trim_end_matches(',')
+            .parse()
+            .unwrap()
+    };
+    (
+        number(" frames captured"),
+        number(" processed"),
+        number(" dropped"),
+    )
+}
+
 /// Sends `signal` to `child` with the system's `kill`.
 #[cfg(unix)]
 fn signal(child: &std::process::Child, signal: &str) {
@@ -781,25 +805,8 @@ fn sigterm_and_sigint_finish_every_output() {
         );
         assert!(stopped.elapsed().as_secs() < 10, "SIG{sig}: slow to stop");
         assert!(stderr.contains("stopping:"), "{stderr}");
-        let counters = stderr
-            .lines()
-            .find(|l| l.contains("frames captured"))
-            .unwrap_or_else(|| panic!("no final counters:\n{stderr}"));
-        let number = |word: &str| -> u64 {
-            let at = counters.find(word).unwrap();
-            counters[..at]
-                .split_whitespace()
-                .last()
-                .unwrap()
-                .trim_end_matches(',')
-                .parse()
-                .unwrap()
-        };
-        let (captured, processed, dropped) = (
-            number(" frames captured"),
-            number(" processed"),
-            number(" dropped"),
-        );
+        let (captured, processed, dropped) = final_counters(&stderr);
+        let counters = format!("{captured} captured, {processed} processed, {dropped} dropped");
         assert_eq!(captured, processed + dropped, "{counters}");
         assert!(processed > 10, "{counters}");
         let lines = std::fs::read_to_string(&jsonl).unwrap().lines().count() as u64;
@@ -944,25 +951,9 @@ fn a_live_source_faster_than_the_pipeline_drops_the_oldest() {
         &stdin,
     );
     assert!(ok, "{stderr}");
-    let counters = stderr
-        .lines()
-        .find(|l| l.contains("frames captured"))
-        .unwrap_or_else(|| panic!("no counters:\n{stderr}"));
-    let number = |word: &str| -> usize {
-        let at = counters.find(word).unwrap();
-        counters[..at]
-            .split_whitespace()
-            .last()
-            .unwrap()
-            .trim_end_matches(',')
-            .parse()
-            .unwrap()
-    };
-    let (captured, processed, dropped) = (
-        number(" frames captured"),
-        number(" processed"),
-        number(" dropped"),
-    );
+    let (captured, processed, dropped) = final_counters(&stderr);
+    let (captured, processed, dropped) = (captured as usize, processed as usize, dropped as usize);
+    let counters = format!("{captured} captured, {processed} processed, {dropped} dropped");
     assert_eq!(captured, frames, "{counters}");
     assert_eq!(captured, processed + dropped, "{counters}");
     assert!(

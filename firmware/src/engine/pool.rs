@@ -67,10 +67,15 @@ impl RowMaxPool {
         }
         let width = self.padded_width();
         split(&executor, groups, |group| {
-            let (mut row, mut full) = (vec![f32::NEG_INFINITY; width], vec![0.0; width]);
-            for (src, dst) in group {
-                self.plane(src, dst, &mut row, &mut full);
-            }
+            SCRATCH.with_borrow_mut(|buf| {
+                if buf.len() < 2 * width {
+                    buf.resize(2 * width, 0.0);
+                }
+                let (row, full) = buf[..2 * width].split_at_mut(width);
+                for (src, dst) in group {
+                    self.plane(src, dst, row, full);
+                }
+            })
         });
     }
 
@@ -114,6 +119,11 @@ impl RowMaxPool {
             }
         }
     }
+}
+
+thread_local! {
+    /// The row buffers, kept from frame to frame (two padded rows).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Op for RowMaxPool {
