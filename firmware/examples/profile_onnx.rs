@@ -2,12 +2,13 @@
 //! per-node profile:
 //!
 //! `cargo run --release -p firmware --example profile_onnx -- MODEL [--precision
-//! f32|f16|int8] [--threads N] [--frames N] [--no-winograd] [--top K]`
+//! f32|f16|int8] [--threads N] [--frames N] [--no-winograd] [--no-planar] [--top K]`
 //!
 //! Runs synthetic road scenes at the model's input size: 3 warm-up frames, then
 //! `--frames` timed ones (default 30); prints one JSON line with the median,
 //! 10th and 90th percentile milliseconds of inference alone, then the `--top`
-//! slowest nodes of one profiled run (default 0: none). `--precision int8`
+//! slowest nodes of one profiled run (default 0: none); with `GRAPH` set in the
+//! environment, every node of the optimised graph and its inputs. `--precision int8`
 //! takes an int8 file as MODEL; f16 translates a float MODEL at load.
 use firmware::engine::{Engine, Options, Precision};
 use firmware::segmenter::Segmenter;
@@ -29,6 +30,7 @@ fn main() -> anyhow::Result<()> {
             "--frames" => frames = value()?.parse()?,
             "--top" => top = value()?.parse()?,
             "--no-winograd" => options.winograd = false,
+            "--no-planar" => options.planar = false,
             _ if model.is_none() => model = Some(std::path::PathBuf::from(arg)),
             _ => anyhow::bail!("unexpected argument {arg}"),
         }
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         engine.precision()
     );
     let winograd = engine.winograd_convs();
+    let planar = engine.planar_convs();
     let mut segmenter = Segmenter::new(engine);
     segmenter.set_threads(threads);
     let size = segmenter.mask_size();
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
             "precision": precision.name(),
             "threads": threads,
             "winograd_convolutions": winograd,
+            "planar_convolutions": planar,
             "frames": frames,
             "median_ms": at(0.5),
             "p10_ms": at(0.1),
@@ -79,6 +83,22 @@ fn main() -> anyhow::Result<()> {
         println!("{} nodes, {:.2} ms in all", times.len(), total * 1e3);
         for (name, op, s) in times.iter().take(top) {
             println!("{:>8.3} ms  {op:<16} {name}", s * 1e3);
+        }
+    }
+    if std::env::var_os("GRAPH").is_some() {
+        let graph = segmenter.engine().optimized();
+        for node in graph.nodes() {
+            let inputs: Vec<String> = node
+                .inputs
+                .iter()
+                .map(|i| graph.node(i.node).name.clone())
+                .collect();
+            println!(
+                "{} = {} <- {}",
+                node.name,
+                node.op.name(),
+                inputs.join(", ")
+            );
         }
     }
     if std::env::var_os("KERNELS").is_some() {

@@ -14,7 +14,10 @@ use tract_onnx::tract_core::plan::SimpleState;
 use crate::model_info::{MetadataError, ModelInfo};
 
 mod blas;
+pub mod pointwise;
 pub mod pool;
+mod relu;
+pub mod upsample;
 pub mod winograd;
 
 /// The arithmetic a model runs in.
@@ -68,14 +71,21 @@ pub struct Options {
     /// Run 3x3 stride-1 float convolutions with Winograd F(2x2, 3x3)
     /// ([`winograd`]) instead of tract's im2col and matrix product.
     pub winograd: bool,
+    /// Run 1x1 stride-1 float convolutions ([`pointwise`]) and stride-2
+    /// transposed convolutions ([`upsample`]) as products straight on the
+    /// `NCHW` planes instead of tract's packed products and `DeconvSum`.
+    pub planar: bool,
 }
 
 impl Default for Options {
-    /// f32 as exported; Winograd on unless `EDGESEG_WINOGRAD=0`.
+    /// f32 as exported; Winograd on unless `EDGESEG_WINOGRAD=0`, the planar
+    /// operators unless `EDGESEG_PLANAR=0`.
     fn default() -> Options {
+        let on = |var| std::env::var(var).map_or(true, |v| v != "0");
         Options {
             f16: false,
-            winograd: std::env::var("EDGESEG_WINOGRAD").map_or(true, |v| v != "0"),
+            winograd: on("EDGESEG_WINOGRAD"),
+            planar: on("EDGESEG_PLANAR"),
         }
     }
 }
@@ -158,6 +168,9 @@ pub struct Engine {
     precision: Precision,
     /// Convolutions replaced by [`winograd::Winograd`].
     winograd_convs: usize,
+    /// Convolutions replaced by [`pointwise::Pointwise`] and
+    /// [`upsample::Upsample2`].
+    planar_convs: usize,
 }
 
 /// Prefix tract gives ONNX `metadata_props` among a model's properties (and
@@ -287,7 +300,7 @@ impl Engine {
         Engine::build(info, &what, options, move || {
             let mut model = model;
             model.set_input_fact(0, f32::fact(shape))?;
-            model.into_decluttered()
+            Ok(model)
         })
     }
 
@@ -304,11 +317,10 @@ impl Engine {
                 .model_for_proto_model(proto)
                 .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
                 .and_then(|m| m.into_typed())
-                .and_then(|m| m.into_decluttered())
         })
     }
 
-    /// Optimises the decluttered model `typed` makes under the runtime's knobs
+    /// Declutters and optimises the typed model `typed` makes under the runtime's knobs
     /// and `options`, and checks its output against `info`.
     fn build(
         info: ModelInfo,
@@ -337,10 +349,14 @@ impl Engine {
             (false, true) => Precision::F16,
             (false, false) => Precision::F32,
         };
-        let mut winograd_convs = 0;
+        let (mut winograd_convs, mut planar_convs) = (0, 0);
         let plan = scope
             .enter(|| {
                 let mut model = typed()?;
+                if precision != Precision::F16 && options.planar {
+                    planar_convs = pointwise::substitute(&mut model)?;
+                }
+                model.declutter()?;
                 if precision == Precision::F16 {
                     tract_onnx::tract_core::transform::get_transform("f32_to_f16")?
                         .ok_or_else(|| {
@@ -353,10 +369,17 @@ impl Engine {
                     if options.winograd {
                         winograd_convs = winograd::substitute(&mut model)?;
                     }
+                    pointwise::fuse_relus(&mut model)?;
+                    if options.planar {
+                        planar_convs += upsample::substitute(&mut model)?;
+                    }
                     // Exact (a maximum is a maximum), so always.
                     pool::substitute(&mut model)?;
                 }
-                model.into_optimized()?.into_runnable()
+                let mut model = model.into_optimized()?;
+                // Exact (the same maximum, taken earlier), so always.
+                relu::fuse_over_reshapes(&mut model)?;
+                model.into_runnable()
             })
             .map_err(|e| tract_error(what, e))?;
         let output_shape = plan
@@ -390,6 +413,7 @@ impl Engine {
         Ok(Engine {
             precision,
             winograd_convs,
+            planar_convs,
             logits: vec![0.0; output_shape.iter().product()],
             info,
             plan,
@@ -415,6 +439,7 @@ impl Engine {
             executor: self.executor.clone(),
             precision: self.precision,
             winograd_convs: self.winograd_convs,
+            planar_convs: self.planar_convs,
         })
     }
 
@@ -441,6 +466,12 @@ impl Engine {
     /// How many convolutions run with Winograd ([`Options::winograd`]).
     pub fn winograd_convs(&self) -> usize {
         self.winograd_convs
+    }
+
+    /// How many convolutions run as [`pointwise::Pointwise`] or
+    /// [`upsample::Upsample2`] ([`Options::planar`]).
+    pub fn planar_convs(&self) -> usize {
+        self.planar_convs
     }
 
     /// The optimised graph tract runs.

@@ -184,11 +184,12 @@ fn segmenter_reads_camera_frames() {
     assert!(t.inference > t.postprocess, "{t:?}");
 }
 
-/// edgeseg's Winograd operator against tract's own convolutions on exported
-/// networks at sizes that are not multiples of the tiles: every logit within
-/// 1e-4 of the largest logit's magnitude, and the substitution really made.
+/// edgeseg's Winograd, pointwise and upsampling operators against tract's own
+/// convolutions on exported networks at sizes that are not multiples of the
+/// tiles: every logit within 1e-4 of the largest logit's magnitude, and the
+/// substitutions really made.
 #[test]
-fn winograd_matches_tract_on_exported_models() {
+fn own_convolutions_match_tract_on_exported_models() {
     use firmware::engine::Options;
     let dir = tempfile::tempdir().unwrap();
     let models = [
@@ -201,21 +202,33 @@ fn winograd_matches_tract_on_exported_models() {
         for size in [firmware::Size::new(61, 45), firmware::Size::new(98, 70)] {
             let out = dir.path().join(format!("{i}-{size}.onnx"));
             host::export::export_run(&run, "best.bpk", Some(size), &out, 1).unwrap();
-            let load = |winograd| {
+            let load = |ours| {
                 let options = Options {
                     f16: false,
-                    winograd,
+                    winograd: ours,
+                    planar: ours,
                 };
                 Engine::load_with(&out, options).unwrap()
             };
             let (mut plain, mut fast) = (load(false), load(true));
-            assert_eq!(plain.winograd_convs(), 0);
+            assert_eq!((plain.winograd_convs(), plain.planar_convs()), (0, 0));
             assert!(
-                fast.winograd_convs() >= 2,
-                "{} at {size}: {} Winograd convolutions",
+                fast.winograd_convs() >= 2 && fast.planar_convs() >= 2,
+                "{} at {size}: {} Winograd and {} planar convolutions",
                 model.name(),
-                fast.winograd_convs()
+                fast.winograd_convs(),
+                fast.planar_convs()
             );
+            // Every ReLU after an im2col convolution is fused into its
+            // product (none left behind the convolution's reshape).
+            for engine in [&plain, &fast] {
+                let graph = engine.optimized();
+                let unfused = graph.nodes().iter().filter(|n| {
+                    n.op.name() == "OptMaxByScalar"
+                        && graph.node(n.inputs[0].node).op.name() == "IntoShape"
+                });
+                assert_eq!(unfused.count(), 0, "{} at {size}", model.name());
+            }
             for input in host::export::validation_inputs(&config, size, 2).unwrap() {
                 let expected = plain.run(&input).unwrap().to_vec();
                 let got = fast.run(&input).unwrap();

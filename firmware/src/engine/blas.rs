@@ -25,6 +25,20 @@ pub(super) fn split<T: Send>(executor: &Executor, groups: Vec<T>, work: impl Fn(
     }
 }
 
+/// Runs `work` on each of `items`, cut into one run of consecutive items per
+/// thread of `executor`.
+pub(super) fn split_work<T: Send>(executor: &Executor, items: Vec<T>, work: impl Fn(T) + Sync) {
+    let per = items.len().div_ceil(threads(executor)).max(1);
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    for item in items {
+        match groups.last_mut() {
+            Some(g) if g.len() < per => g.push(item),
+            _ => groups.push(vec![item]),
+        }
+    }
+    split(executor, groups, |group| group.into_iter().for_each(&work));
+}
+
 /// `c (m x n) = a (m x k) @ b (k x n)`, all row-major and contiguous.
 pub(super) fn matmul([m, n, k]: [usize; 3], c: &mut [f32], a: &[f32], b: &[f32]) {
     matmul_strided([m, n, k], c, n, a, k, b, n);
@@ -40,6 +54,35 @@ pub(super) fn matmul_strided(
     lda: usize,
     b: &[f32],
     ldb: usize,
+) {
+    product([m, n, k], c, ldc, a, lda, b, ldb, false);
+}
+
+/// `c (m x n) += a (m x k) @ b (k x n)`, row-major with row strides `ldc`,
+/// `lda` and `ldb` (at least the row lengths).
+pub(super) fn matmul_accumulate(
+    [m, n, k]: [usize; 3],
+    c: &mut [f32],
+    ldc: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+) {
+    product([m, n, k], c, ldc, a, lda, b, ldb, true);
+}
+
+/// `c = a @ b`, or `c += a @ b` when `accumulate`.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    [m, n, k]: [usize; 3],
+    c: &mut [f32],
+    ldc: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    accumulate: bool,
 ) {
     let covers = |len: usize, rows: usize, ld: usize, cols: usize| {
         rows == 0 || cols == 0 || len >= (rows - 1) * ld + cols
@@ -61,14 +104,14 @@ pub(super) fn matmul_strided(
             c.as_mut_ptr(),
             1,
             ldc as isize,
-            false,
+            accumulate,
             a.as_ptr(),
             1,
             lda as isize,
             b.as_ptr(),
             1,
             ldb as isize,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,

@@ -15,7 +15,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::MaxPool;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::blas::{split, threads};
+use super::blas::split_work;
 
 /// 2-D max pooling of an `NCHW` f32 input of a fixed size.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -56,25 +56,14 @@ impl RowMaxPool {
             .chunks_exact(h * w)
             .zip(out.chunks_exact_mut(ho * wo))
             .collect();
-        let executor = current_tract_executor();
-        let per = planes.len().div_ceil(threads(&executor)).max(1);
-        let mut groups: Vec<Vec<_>> = Vec::new();
-        for plane in planes {
-            match groups.last_mut() {
-                Some(g) if g.len() < per => g.push(plane),
-                _ => groups.push(vec![plane]),
-            }
-        }
         let width = self.padded_width();
-        split(&executor, groups, |group| {
+        split_work(&current_tract_executor(), planes, |(src, dst)| {
             SCRATCH.with_borrow_mut(|buf| {
                 if buf.len() < 2 * width {
                     buf.resize(2 * width, 0.0);
                 }
                 let (row, full) = buf[..2 * width].split_at_mut(width);
-                for (src, dst) in group {
-                    self.plane(src, dst, row, full);
-                }
+                self.plane(src, dst, row, full);
             })
         });
     }

@@ -30,7 +30,7 @@ use tract_onnx::tract_core::ops::cnn::{Conv, PaddingSpec};
 use tract_onnx::tract_core::ops::math::Max;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::blas::{matmul, split, threads};
+use super::blas::{matmul, split_work, threads};
 
 /// Channels needed on both sides: each of the 16 products contracts over the
 /// input channels, so fewer make them too short (and keep the RGB stem on
@@ -107,18 +107,8 @@ impl Winograd {
             .enumerate()
             .map(|(b, planes)| (b * step..((b + 1) * step).min(t.rows), planes))
             .collect();
-        let per = work.len().div_ceil(threads);
-        let mut groups: Vec<Vec<_>> = Vec::new();
-        for item in work {
-            match groups.last_mut() {
-                Some(g) if g.len() < per => g.push(item),
-                _ => groups.push(vec![item]),
-            }
-        }
-        split(&executor, groups, |group| {
-            for (rows, mut planes) in group {
-                self.block(input, &t, rows, &mut planes);
-            }
+        split_work(&executor, work, |(rows, mut planes)| {
+            self.block(input, &t, rows, &mut planes)
         });
     }
 
