@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Inference side by side: onnxruntime (Python, outside the repository) against
-# edgeseg's engine (tract with edgeseg's Winograd operator) and plain tract, on
+# edgeseg's engine (tract with edgeseg's own convolution operators) and plain
+# tract (`--no-winograd --no-own-ops`), on
 # the demo's model at its training size and exported at 512x256: float, int8,
 # and f16 where the CPU has half-precision arithmetic; 1 thread and all cores;
 # median of FRAMES frames after warm-up. Then the per-node profile of the
@@ -57,7 +58,7 @@ for model in demo wide; do
             o=$(ort "$file" "$threads")
             if [ "$precision" = f16 ]; then o="-"; fi
             e=$(ours "$file" --precision "$precision" --threads "$threads")
-            t=$(ours "$file" --precision "$precision" --threads "$threads" --no-winograd)
+            t=$(ours "$file" --precision "$precision" --threads "$threads" --no-winograd --no-own-ops)
             ratio=$("$python" -c "print('-' if '$o' == '-' else '%.2fx' % ($e / $o))")
             size=$("$profile" "$file" --precision "$precision" --frames 1 |
                 "$python" -c 'import json,sys; print(json.loads(sys.stdin.readline())["size"])')

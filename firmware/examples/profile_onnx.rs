@@ -2,7 +2,7 @@
 //! per-node profile:
 //!
 //! `cargo run --release -p firmware --example profile_onnx -- MODEL [--precision
-//! f32|f16|int8] [--threads N] [--frames N] [--no-winograd] [--no-planar] [--top K]`
+//! f32|f16|int8] [--threads N] [--frames N] [--no-winograd] [--no-own-ops] [--top K]`
 //!
 //! Runs synthetic road scenes at the model's input size: 3 warm-up frames, then
 //! `--frames` timed ones (default 30); prints one JSON line with the median,
@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
             "--frames" => frames = value()?.parse()?,
             "--top" => top = value()?.parse()?,
             "--no-winograd" => options.winograd = false,
-            "--no-planar" => options.planar = false,
+            "--no-own-ops" => options.own_ops = false,
             _ if model.is_none() => model = Some(std::path::PathBuf::from(arg)),
             _ => anyhow::bail!("unexpected argument {arg}"),
         }
@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         engine.precision()
     );
     let winograd = engine.winograd_convs();
-    let planar = engine.planar_convs();
+    let own = engine.own_convs();
     let mut segmenter = Segmenter::new(engine);
     segmenter.set_threads(threads);
     let size = segmenter.mask_size();
@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
             "precision": precision.name(),
             "threads": threads,
             "winograd_convolutions": winograd,
-            "planar_convolutions": planar,
+            "own_convolutions": own,
             "frames": frames,
             "median_ms": at(0.5),
             "p10_ms": at(0.1),

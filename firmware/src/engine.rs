@@ -14,6 +14,8 @@ use tract_onnx::tract_core::plan::SimpleState;
 use crate::model_info::{MetadataError, ModelInfo};
 
 mod blas;
+pub mod direct;
+mod graph;
 pub mod pointwise;
 pub mod pool;
 mod relu;
@@ -71,21 +73,22 @@ pub struct Options {
     /// Run 3x3 stride-1 float convolutions with Winograd F(2x2, 3x3)
     /// ([`winograd`]) instead of tract's im2col and matrix product.
     pub winograd: bool,
-    /// Run 1x1 stride-1 float convolutions ([`pointwise`]) and stride-2
-    /// transposed convolutions ([`upsample`]) as products straight on the
-    /// `NCHW` planes instead of tract's packed products and `DeconvSum`.
-    pub planar: bool,
+    /// Run the float convolutions edgeseg has operators for with them
+    /// instead of tract's im2col, packed products and `DeconvSum`: 1x1
+    /// ([`pointwise`]), stride-2 transposed ([`upsample`]) and those with few
+    /// input channels, the RGB stem ([`direct`]).
+    pub own_ops: bool,
 }
 
 impl Default for Options {
-    /// f32 as exported; Winograd on unless `EDGESEG_WINOGRAD=0`, the planar
-    /// operators unless `EDGESEG_PLANAR=0`.
+    /// f32 as exported; Winograd on unless `EDGESEG_WINOGRAD=0`, the other
+    /// own operators unless `EDGESEG_OWN_OPS=0`.
     fn default() -> Options {
         let on = |var| std::env::var(var).map_or(true, |v| v != "0");
         Options {
             f16: false,
             winograd: on("EDGESEG_WINOGRAD"),
-            planar: on("EDGESEG_PLANAR"),
+            own_ops: on("EDGESEG_OWN_OPS"),
         }
     }
 }
@@ -168,9 +171,9 @@ pub struct Engine {
     precision: Precision,
     /// Convolutions replaced by [`winograd::Winograd`].
     winograd_convs: usize,
-    /// Convolutions replaced by [`pointwise::Pointwise`] and
-    /// [`upsample::Upsample2`].
-    planar_convs: usize,
+    /// Convolutions replaced by [`pointwise::Pointwise`],
+    /// [`upsample::Upsample2`] and [`direct::DirectConv`].
+    own_convs: usize,
 }
 
 /// Prefix tract gives ONNX `metadata_props` among a model's properties (and
@@ -349,12 +352,12 @@ impl Engine {
             (false, true) => Precision::F16,
             (false, false) => Precision::F32,
         };
-        let (mut winograd_convs, mut planar_convs) = (0, 0);
+        let (mut winograd_convs, mut own_convs) = (0, 0);
         let plan = scope
             .enter(|| {
                 let mut model = typed()?;
-                if precision != Precision::F16 && options.planar {
-                    planar_convs = pointwise::substitute(&mut model)?;
+                if precision != Precision::F16 && options.own_ops {
+                    own_convs = pointwise::substitute(&mut model)?;
                 }
                 model.declutter()?;
                 if precision == Precision::F16 {
@@ -369,9 +372,12 @@ impl Engine {
                     if options.winograd {
                         winograd_convs = winograd::substitute(&mut model)?;
                     }
+                    if options.own_ops {
+                        own_convs += direct::substitute(&mut model)?;
+                    }
                     pointwise::fuse_relus(&mut model)?;
-                    if options.planar {
-                        planar_convs += upsample::substitute(&mut model)?;
+                    if options.own_ops {
+                        own_convs += upsample::substitute(&mut model)?;
                     }
                     // Exact (a maximum is a maximum), so always.
                     pool::substitute(&mut model)?;
@@ -413,7 +419,7 @@ impl Engine {
         Ok(Engine {
             precision,
             winograd_convs,
-            planar_convs,
+            own_convs,
             logits: vec![0.0; output_shape.iter().product()],
             info,
             plan,
@@ -439,7 +445,7 @@ impl Engine {
             executor: self.executor.clone(),
             precision: self.precision,
             winograd_convs: self.winograd_convs,
-            planar_convs: self.planar_convs,
+            own_convs: self.own_convs,
         })
     }
 
@@ -468,10 +474,11 @@ impl Engine {
         self.winograd_convs
     }
 
-    /// How many convolutions run as [`pointwise::Pointwise`] or
-    /// [`upsample::Upsample2`] ([`Options::planar`]).
-    pub fn planar_convs(&self) -> usize {
-        self.planar_convs
+    /// How many convolutions run as [`pointwise::Pointwise`],
+    /// [`upsample::Upsample2`] or [`direct::DirectConv`]
+    /// ([`Options::own_ops`]).
+    pub fn own_convs(&self) -> usize {
+        self.own_convs
     }
 
     /// The optimised graph tract runs.

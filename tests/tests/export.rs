@@ -184,7 +184,7 @@ fn segmenter_reads_camera_frames() {
     assert!(t.inference > t.postprocess, "{t:?}");
 }
 
-/// edgeseg's Winograd, pointwise and upsampling operators against tract's own
+/// edgeseg's Winograd, pointwise, upsampling and direct operators against tract's own
 /// convolutions on exported networks at sizes that are not multiples of the
 /// tiles: every logit within 1e-4 of the largest logit's magnitude, and the
 /// substitutions really made.
@@ -206,18 +206,18 @@ fn own_convolutions_match_tract_on_exported_models() {
                 let options = Options {
                     f16: false,
                     winograd: ours,
-                    planar: ours,
+                    own_ops: ours,
                 };
                 Engine::load_with(&out, options).unwrap()
             };
             let (mut plain, mut fast) = (load(false), load(true));
-            assert_eq!((plain.winograd_convs(), plain.planar_convs()), (0, 0));
+            assert_eq!((plain.winograd_convs(), plain.own_convs()), (0, 0));
             assert!(
-                fast.winograd_convs() >= 2 && fast.planar_convs() >= 2,
-                "{} at {size}: {} Winograd and {} planar convolutions",
+                fast.winograd_convs() >= 2 && fast.own_convs() >= 2,
+                "{} at {size}: {} Winograd and {} other own convolutions",
                 model.name(),
                 fast.winograd_convs(),
-                fast.planar_convs()
+                fast.own_convs()
             );
             // Every ReLU after an im2col convolution is fused into its
             // product (none left behind the convolution's reshape).

@@ -87,11 +87,10 @@ struct Cli {
     /// edgeseg's Winograd operator (also `EDGESEG_WINOGRAD=0`).
     #[arg(long)]
     no_winograd: bool,
-    /// Run 1x1 and transposed convolutions with tract's packed matrix
-    /// products instead of edgeseg's planar operators (also
-    /// `EDGESEG_PLANAR=0`).
+    /// Run 1x1, transposed and RGB-stem convolutions with tract's own
+    /// operators instead of edgeseg's (also `EDGESEG_OWN_OPS=0`).
     #[arg(long)]
-    no_planar: bool,
+    no_own_ops: bool,
     /// Threads for inference (tract's matrix products); capture and output
     /// have their own threads besides. Default: one per core but one (3 on a
     /// Raspberry Pi 5). With cheap capture, all cores can be faster (1.5x on
@@ -154,7 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let cpu = CpuFeatures::native();
     let mut options = Options::default();
     options.winograd &= !cli.no_winograd;
-    options.planar &= !cli.no_planar;
+    options.own_ops &= !cli.no_own_ops;
     let threads = cli
         .threads
         .unwrap_or_else(firmware::segmenter::default_threads);
@@ -187,7 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "file": files.for_precision(engine.precision()),
                 "threads": threads,
                 "winograd_convolutions": engine.winograd_convs(),
-                "planar_convolutions": engine.planar_convs(),
+                "own_convolutions": engine.own_convs(),
                 "matmul_kernels": kernels,
             },
             "trials": selection.trials.iter().map(|t| serde_json::json!({

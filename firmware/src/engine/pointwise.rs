@@ -15,13 +15,12 @@ use std::sync::Arc;
 use tract_linalg::multithread::current_tract_executor;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::cnn::conv::KernelFormat;
 use tract_onnx::tract_core::ops::cnn::{Conv, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::blas::{matmul_accumulate, split_work, threads};
-use super::winograd::sole_relu_after;
+use super::graph::{ConvConstants, replace, sole_relu_after};
 
 /// Pixels per column block when the channels are few; blocks shrink so that
 /// a block's input and output (`(ins + outs) x cols`) stay near
@@ -212,53 +211,20 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
         let Some(conv) = node.op_as::<Conv>() else {
             continue;
         };
-        let input = model.outlet_fact(node.inputs[0])?;
-        let concrete = input.shape.as_concrete().is_some_and(|s| s.len() == 4);
-        if input.datum_type != f32::datum_type() || !concrete || node.inputs.len() != 3 {
-            continue;
-        }
-        let kernel = constant(model, node.inputs[1])?;
-        let bias = constant(model, node.inputs[2])?;
-        let (Some(kernel), Some(bias)) = (kernel, bias) else {
+        let (outs, ins) = (conv.output_channels(), conv.input_channels());
+        let Some(constants) = ConvConstants::of(model, node, outs)? else {
             continue;
         };
         if !fits(conv) {
             continue;
         }
-        let (outs, ins) = (conv.output_channels(), conv.input_channels());
-        let kernel = kernel.cast_to::<f32>()?;
-        let kernel = kernel.try_as_plain_ram()?;
-        let bias = bias.cast_to::<f32>()?;
-        let bias = bias.try_as_plain_ram()?;
-        let bias = bias.as_slice::<f32>()?;
-        let bias: Vec<f32> = match bias.len() {
-            1 => vec![bias[0]; outs],
-            _ => bias.to_vec(),
-        };
-        let op = Pointwise::new(kernel.as_slice::<f32>()?, &bias, outs, ins);
-        let mut patch = TypedModelPatch::default();
-        let tap = patch.tap_model(model, node.inputs[0])?;
-        let wire = patch.wire_node(&node.name, op, &[tap])?;
-        patch.shunt_outside(model, OutletId::new(id, 0), wire[0])?;
-        patch.apply(model)?;
+        let op = Pointwise::new(&constants.kernel, &constants.bias, outs, ins);
+        // Before decluttering, the ReLU is not yet in the form `replace`
+        // fuses: `fuse_relus` takes it in afterwards.
+        replace(model, id, op, None)?;
         replaced += 1;
     }
     Ok(replaced)
-}
-
-/// The value of `outlet` when it is a constant, or a constant through casts
-/// (which tract's ONNX import puts on biases and decluttering folds).
-fn constant(model: &TypedModel, mut outlet: OutletId) -> TractResult<Option<Arc<Tensor>>> {
-    loop {
-        if let Some(value) = &model.outlet_fact(outlet)?.konst {
-            return Ok(Some(value.clone()));
-        }
-        let node = model.node(outlet.node);
-        match node.op_as::<Cast>() {
-            Some(_) if node.inputs.len() == 1 => outlet = node.inputs[0],
-            _ => return Ok(None),
-        }
-    }
 }
 
 /// Folds into each [`Pointwise`] of the decluttered `model` the ReLU that
@@ -268,19 +234,9 @@ pub fn fuse_relus(model: &mut TypedModel) -> TractResult<()> {
         let Some(op) = model.node(id).op_as::<Pointwise>() else {
             continue;
         };
-        if op.relu {
-            continue;
+        if !op.relu && sole_relu_after(model, id)?.is_some() {
+            replace(model, id, op.clone(), Some(Pointwise::with_relu))?;
         }
-        let Some(relu) = sole_relu_after(model, id)? else {
-            continue;
-        };
-        let op = op.clone().with_relu();
-        let node = model.node(id);
-        let mut patch = TypedModelPatch::default();
-        let tap = patch.tap_model(model, node.inputs[0])?;
-        let wire = patch.wire_node(&node.name, op, &[tap])?;
-        patch.shunt_outside(model, OutletId::new(relu, 0), wire[0])?;
-        patch.apply(model)?;
     }
     Ok(())
 }

@@ -27,7 +27,7 @@ use tract_onnx::tract_core::ops::cnn::{Deconv, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::blas::{matmul_strided, split_work};
-use super::winograd::sole_relu_after;
+use super::graph::{ConvConstants, replace};
 
 /// Elements of a block's taps and input rows worked through at once: about
 /// 512 KiB, which stays in a core's L2.
@@ -314,45 +314,23 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
         let Some(deconv) = node.op_as::<Deconv>() else {
             continue;
         };
-        let input = model.outlet_fact(node.inputs[0])?;
-        let concrete = input.shape.as_concrete().is_some_and(|s| s.len() == 4);
-        if input.datum_type != f32::datum_type() || !concrete || node.inputs.len() != 3 {
-            continue;
-        }
-        let kernel = model.outlet_fact(node.inputs[1])?.konst.clone();
-        let bias = model.outlet_fact(node.inputs[2])?.konst.clone();
-        let (Some(kernel), Some(bias), Some(pad)) = (kernel, bias, fits(deconv)) else {
-            continue;
-        };
-        let (outs, ins) = (
-            deconv.pool_spec.output_channels,
-            deconv.pool_spec.input_channels,
+        let spec = &deconv.pool_spec;
+        let (outs, ins, k) = (
+            spec.output_channels,
+            spec.input_channels,
+            spec.kernel_shape[0],
         );
-        let k = deconv.pool_spec.kernel_shape[0];
-        let kernel = kernel.cast_to::<f32>()?;
-        let kernel = kernel.try_as_plain_ram()?;
-        let kernel = kernel.as_slice::<f32>()?;
-        let bias = bias.cast_to::<f32>()?;
-        let bias = bias.try_as_plain_ram()?;
-        let bias = bias.as_slice::<f32>()?;
-        let bias: Vec<f32> = match bias.len() {
-            1 => vec![bias[0]; outs],
-            _ => bias.to_vec(),
+        let Some(constants) = ConvConstants::of(model, node, outs)? else {
+            continue;
         };
-        if kernel.len() != outs * ins * k * k || bias.len() != outs {
+        let Some(pad) = fits(deconv) else {
+            continue;
+        };
+        if constants.kernel.len() != outs * ins * k * k {
             continue;
         }
-        let mut op = Upsample2::new(kernel, &bias, outs, ins, k, pad);
-        let mut last = OutletId::new(id, 0);
-        if let Some(relu) = sole_relu_after(model, id)? {
-            op = op.with_relu();
-            last = OutletId::new(relu, 0);
-        }
-        let mut patch = TypedModelPatch::default();
-        let tap = patch.tap_model(model, node.inputs[0])?;
-        let wire = patch.wire_node(&node.name, op, &[tap])?;
-        patch.shunt_outside(model, last, wire[0])?;
-        patch.apply(model)?;
+        let op = Upsample2::new(&constants.kernel, &constants.bias, outs, ins, k, pad);
+        replace(model, id, op, Some(Upsample2::with_relu))?;
         replaced += 1;
     }
     Ok(replaced)

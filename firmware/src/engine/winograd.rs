@@ -24,13 +24,12 @@ use std::sync::Arc;
 use tract_linalg::multithread::current_tract_executor;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::conv::KernelFormat;
 use tract_onnx::tract_core::ops::cnn::{Conv, PaddingSpec};
-use tract_onnx::tract_core::ops::math::Max;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::blas::{matmul, split_work, threads};
+use super::graph::{ConvConstants, replace};
 
 /// Channels needed on both sides: each of the 16 products contracts over the
 /// input channels, so fewer make them too short (and keep the RGB stem on
@@ -257,69 +256,23 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
         let Some(conv) = node.op_as::<Conv>() else {
             continue;
         };
-        let input = model.outlet_fact(node.inputs[0])?;
-        let Some(shape) = input.shape.as_concrete() else {
-            continue;
-        };
-        if input.datum_type != f32::datum_type() || shape.len() != 4 || node.inputs.len() != 3 {
-            continue;
-        }
-        let kernel = model.outlet_fact(node.inputs[1])?.konst.clone();
-        let bias = model.outlet_fact(node.inputs[2])?.konst.clone();
-        let (Some(kernel), Some(bias)) = (kernel, bias) else {
+        let (outs, ins) = (conv.output_channels(), conv.input_channels());
+        let Some(ConvConstants {
+            shape,
+            kernel,
+            bias,
+        }) = ConvConstants::of(model, node, outs)?
+        else {
             continue;
         };
         if !fits(conv, shape[2], shape[3]) {
             continue;
         }
-        let (outs, ins) = (conv.output_channels(), conv.input_channels());
-        let kernel = kernel.cast_to::<f32>()?;
-        let kernel = kernel.try_as_plain_ram()?;
-        let bias = bias.cast_to::<f32>()?;
-        let bias = bias.try_as_plain_ram()?;
-        let bias = bias.as_slice::<f32>()?;
-        let bias: Vec<f32> = match bias.len() {
-            1 => vec![bias[0]; outs],
-            _ => bias.to_vec(),
-        };
-        let mut op = Winograd::new(kernel.as_slice::<f32>()?, &bias, outs, ins);
-        // A ReLU alone after it: `max(x, 0)` with a constant zero.
-        let mut last = OutletId::new(id, 0);
-        if let Some(relu) = sole_relu_after(model, id)? {
-            op = op.with_relu();
-            last = OutletId::new(relu, 0);
-        }
-        let mut patch = TypedModelPatch::default();
-        let tap = patch.tap_model(model, node.inputs[0])?;
-        let wire = patch.wire_node(&node.name, op, &[tap])?;
-        patch.shunt_outside(model, last, wire[0])?;
-        patch.apply(model)?;
+        let op = Winograd::new(&kernel, &bias, outs, ins);
+        replace(model, id, op, Some(Winograd::with_relu))?;
         replaced += 1;
     }
     Ok(replaced)
-}
-
-/// The node after `id` when it is `id`'s only consumer and a ReLU (`Max`
-/// against a constant zero), and `id` is not a model output.
-pub(super) fn sole_relu_after(model: &TypedModel, id: usize) -> TractResult<Option<usize>> {
-    let outlet = OutletId::new(id, 0);
-    let successors = &model.node(id).outputs[0].successors;
-    if successors.len() != 1 || model.output_outlets()?.contains(&outlet) {
-        return Ok(None);
-    }
-    let next = model.node(successors[0].node);
-    let is_max = next.op_as::<TypedBinOp>().is_some_and(|b| b.0.is::<Max>());
-    if !is_max || next.inputs.len() != 2 {
-        return Ok(None);
-    }
-    let other = next.inputs[1 - successors[0].slot];
-    let zero = model
-        .outlet_fact(other)?
-        .uniform
-        .as_ref()
-        .and_then(|u| u.cast_to_scalar::<f32>().ok())
-        .is_some_and(|z| z == 0.0);
-    Ok(zero.then_some(next.id))
 }
 
 /// Tile grid of an `h x w` plane.

@@ -1,0 +1,488 @@
+//! Convolutions of images with few channels (the RGB stem), computed directly
+//! with the output channels in vector registers, as a tract operator
+//! substituted into the typed graph at load (see [`substitute`]).
+//!
+//! tract runs every convolution as im2col plus a matrix product. With 3
+//! input channels the im2col panel is built from 147 scattered samples per
+//! output pixel (a 7x7 stem), which costs as much as the product. Here each
+//! block of [`PIXELS`] output pixels of a row keeps [`LANES`] output channels
+//! of each pixel in registers: every kernel tap loads [`LANES`] weights once
+//! and multiplies them by each pixel's input sample, with fused
+//! multiply-adds. That is how onnxruntime runs its stem (MLAS's `NCHW` to
+//! `NCHWc` kernel). The bias and, when one alone follows, the ReLU are
+//! applied on the way out.
+//!
+//! The kernel needs fused multiply-add: it runs on aarch64 and on x86-64 CPUs
+//! with AVX2 and FMA ([`available`]); elsewhere tract keeps the convolution.
+
+use std::sync::Arc;
+
+use tract_linalg::multithread::current_tract_executor;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::Conv;
+use tract_onnx::tract_core::ops::cnn::conv::KernelFormat;
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+use super::blas::split_work;
+use super::graph::{ConvConstants, replace};
+
+/// Input channels up to which convolutions run here: beyond, tract's im2col
+/// product is as good.
+pub const MAX_INS: usize = 4;
+
+/// Horizontal strides up to which convolutions run here (each has its own
+/// compiled kernel).
+pub const MAX_STRIDE: usize = 4;
+
+/// Output channels per block, kept in registers (two AVX2 vectors, four NEON
+/// vectors).
+const LANES: usize = 16;
+
+/// Output pixels per block.
+const PIXELS: usize = 6;
+
+/// A convolution `[n, ins, h, w]` to `[n, outs, ho, wo]` in f32 with few
+/// input channels, any kernel, stride and padding, its bias and optionally
+/// the ReLU after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectConv {
+    /// `[group][ci][ky][kx][LANES]`: the weights of each group of [`LANES`]
+    /// output channels (zero past `outs`), tap by tap.
+    weights: Arc<Vec<f32>>,
+    bias: Arc<Vec<f32>>,
+    ins: usize,
+    outs: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    /// Padding before the image (top, left).
+    pad: [usize; 2],
+    /// Input and output plane sizes.
+    input: [usize; 2],
+    output: [usize; 2],
+    relu: bool,
+}
+
+impl Eq for DirectConv {}
+
+/// Whether this CPU runs [`DirectConv`]'s kernel (fused multiply-add).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        true
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+impl DirectConv {
+    /// The convolution with `OIHW` `kernel` (`outs x ins x kh x kw`), `bias`,
+    /// `stride`, `pad` before the image, from `input` planes to `output`
+    /// planes.
+    pub fn new(
+        kernel: &[f32],
+        bias: &[f32],
+        [outs, ins]: [usize; 2],
+        [kh, kw]: [usize; 2],
+        stride: [usize; 2],
+        pad: [usize; 2],
+        [input, output]: [[usize; 2]; 2],
+    ) -> DirectConv {
+        assert_eq!(
+            kernel.len(),
+            outs * ins * kh * kw,
+            "kernel is outs x ins x kh x kw"
+        );
+        assert_eq!(bias.len(), outs, "one bias per output channel");
+        let groups = outs.div_ceil(LANES);
+        let taps = ins * kh * kw;
+        let mut weights = vec![0.0; groups * taps * LANES];
+        for o in 0..outs {
+            let (g, lane) = (o / LANES, o % LANES);
+            for t in 0..taps {
+                weights[(g * taps + t) * LANES + lane] = kernel[o * taps + t];
+            }
+        }
+        DirectConv {
+            weights: Arc::new(weights),
+            bias: Arc::new(bias.to_vec()),
+            ins,
+            outs,
+            kernel: [kh, kw],
+            stride,
+            pad,
+            input,
+            output,
+            relu: false,
+        }
+    }
+
+    /// The same convolution followed by a ReLU.
+    pub fn with_relu(mut self) -> DirectConv {
+        self.relu = true;
+        self
+    }
+
+    /// Width of the zero-padded copy of an input row: every window inside,
+    /// and those of a last partial block of [`PIXELS`].
+    fn padded_width(&self) -> usize {
+        let span = (self.output[1] - 1 + PIXELS) * self.stride[1] + self.kernel[1];
+        span.max(self.pad[1] + self.input[1])
+    }
+
+    /// Convolves one image, `input` (`ins` planes) into `out` (`outs`
+    /// planes), output rows split over the threads of tract's current
+    /// executor.
+    pub fn run(&self, input: &[f32], out: &mut [f32]) {
+        let ([h, w], [ho, wo]) = (self.input, self.output);
+        assert_eq!(input.len(), self.ins * h * w, "input is ins x h x w");
+        assert_eq!(out.len(), self.outs * ho * wo, "output is outs x ho x wo");
+        if ho == 0 || wo == 0 {
+            return;
+        }
+        // Each output row, with its row of every output plane.
+        let mut rows: Vec<Vec<&mut [f32]>> = (0..ho).map(|_| Vec::new()).collect();
+        for plane in out.chunks_exact_mut(ho * wo) {
+            for (y, row) in plane.chunks_exact_mut(wo).enumerate() {
+                rows[y].push(row);
+            }
+        }
+        split_work(
+            &current_tract_executor(),
+            rows.into_iter().enumerate().collect(),
+            |(y, mut row)| {
+                SCRATCH.with_borrow_mut(|buf| {
+                    let need = self.ins * self.kernel[0] * self.padded_width() + LANES * wo;
+                    if buf.len() < need {
+                        buf.resize(need, 0.0);
+                    }
+                    let (window, acc) = buf[..need].split_at_mut(need - LANES * wo);
+                    self.row(input, y, window, acc, &mut row);
+                })
+            },
+        );
+    }
+
+    /// Output row `y` of every plane (`planes`); `window` holds the padded
+    /// input rows under it, `acc` one group's outputs along the row.
+    fn row(
+        &self,
+        input: &[f32],
+        y: usize,
+        window: &mut [f32],
+        acc: &mut [f32],
+        planes: &mut [&mut [f32]],
+    ) {
+        let ([h, w], [_, wo], [kh, kw]) = (self.input, self.output, self.kernel);
+        let pw = self.padded_width();
+        // The kh input rows under output row y, zero-padded, per channel.
+        window.fill(0.0);
+        for c in 0..self.ins {
+            for ky in 0..kh {
+                let iy = (y * self.stride[0] + ky) as isize - self.pad[0] as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let src = &input[(c * h + iy as usize) * w..][..w];
+                let at = (c * kh + ky) * pw + self.pad[1];
+                window[at..at + w].copy_from_slice(src);
+            }
+        }
+        let taps = self.ins * kh * kw;
+        for (g, group) in self.weights.chunks_exact(taps * LANES).enumerate() {
+            let lanes = LANES.min(self.outs - g * LANES);
+            let acc = &mut acc[..LANES * wo];
+            match self.stride[1] {
+                1 => dispatch(|| self.group_row::<1>(window, group, acc)),
+                2 => dispatch(|| self.group_row::<2>(window, group, acc)),
+                3 => dispatch(|| self.group_row::<3>(window, group, acc)),
+                _ => dispatch(|| self.group_row::<4>(window, group, acc)),
+            }
+            let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
+            for lane in 0..lanes {
+                let o = g * LANES + lane;
+                let bias = self.bias[o];
+                for (x, dst) in planes[o].iter_mut().enumerate() {
+                    let v = acc[x * LANES + lane] + bias;
+                    *dst = if v > floor { v } else { floor };
+                }
+            }
+        }
+    }
+
+    /// `acc[x][lane]`: the convolution without bias of one group of output
+    /// channels along the output row over `window`, [`PIXELS`] pixels at a
+    /// time with their [`LANES`] channels in registers; `SX` is the
+    /// horizontal stride (a constant, so that no sample read needs a bounds
+    /// check of its own).
+    #[inline(always)]
+    fn group_row<const SX: usize>(&self, window: &[f32], weights: &[f32], acc: &mut [f32]) {
+        let kw = self.kernel[1];
+        let pw = self.padded_width();
+        let wo = self.output[1];
+        let mut x0 = 0;
+        while x0 < wo {
+            let n = PIXELS.min(wo - x0);
+            let mut sums = [[0.0f32; LANES]; PIXELS];
+            // One window row per (channel, kernel row), with its kw taps.
+            for (row, taps) in window
+                .chunks_exact(pw)
+                .zip(weights.chunks_exact(kw * LANES))
+            {
+                for (kx, wv) in taps.chunks_exact(LANES).enumerate() {
+                    let wv: &[f32; LANES] = wv.try_into().expect("LANES weights");
+                    // Past the row's end (a partial block), reads stay in the
+                    // padding; their sums are dropped.
+                    let xs = &row[x0 * SX + kx..][..(PIXELS - 1) * SX + 1];
+                    for (p, sum) in sums.iter_mut().enumerate() {
+                        let xv = xs[p * SX];
+                        for (s, &wl) in sum.iter_mut().zip(wv) {
+                            *s = wl.mul_add(xv, *s);
+                        }
+                    }
+                }
+            }
+            for (p, sum) in sums.iter().enumerate().take(n) {
+                acc[(x0 + p) * LANES..][..LANES].copy_from_slice(sum);
+            }
+            x0 += n;
+        }
+    }
+}
+
+/// Runs `f` compiled with fused multiply-add (AVX2 and FMA on x86-64; part
+/// of aarch64's baseline), which [`substitute`] made sure the CPU has.
+#[inline(always)]
+fn dispatch(f: impl FnOnce()) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        fn fma(f: impl FnOnce()) {
+            f()
+        }
+        // SAFETY: `DirectConv` only runs where `available()` found AVX2 and
+        // FMA (checked by `substitute` before it puts one in a graph, and
+        // asserted here in debug builds).
+        debug_assert!(available());
+        #[allow(unsafe_code)]
+        unsafe {
+            fma(f)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    f()
+}
+
+thread_local! {
+    /// The padded input rows and one group's outputs, kept from call to call.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Op for DirectConv {
+    fn name(&self) -> StaticName {
+        "DirectConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{}x{} stride {:?} {} -> {} channels{}",
+            self.kernel[0],
+            self.kernel[1],
+            self.stride,
+            self.ins,
+            self.outs,
+            if self.relu { ", ReLU" } else { "" }
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for DirectConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let ([h, w], [ho, wo]) = (self.input, self.output);
+        let &[n, c, ih, iw] = input.shape() else {
+            bail!("DirectConv takes NCHW input, got shape {:?}", input.shape());
+        };
+        ensure!(
+            [c, ih, iw] == [self.ins, h, w],
+            "input {c}x{ih}x{iw}; expected {}x{h}x{w}",
+            self.ins
+        );
+        let input = input.try_as_plain_ram()?;
+        let input = input.as_slice::<f32>()?;
+        let mut out = Tensor::zero::<f32>(&[n, self.outs, ho, wo])?;
+        {
+            let mut view = out.try_as_plain_ram_mut()?;
+            let out = view.as_slice_mut::<f32>()?;
+            for (i, o) in input
+                .chunks_exact(c * h * w)
+                .zip(out.chunks_exact_mut(self.outs * ho * wo))
+            {
+                self.run(i, o);
+            }
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for DirectConv {
+    as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].rank() == 4, "DirectConv takes NCHW input");
+        let out = tvec![
+            inputs[0].shape[0].clone(),
+            self.outs.into(),
+            self.output[0].into(),
+            self.output[1].into()
+        ];
+        Ok(tvec!(f32::fact(out)))
+    }
+}
+
+/// Replaces every convolution of the decluttered float graph `model` with at
+/// most [`MAX_INS`] input channels by a [`DirectConv`], with its ReLU when
+/// one alone follows, if this CPU runs it ([`available`]); returns how many
+/// were replaced. Shapes must be concrete.
+pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
+    if !available() {
+        return Ok(0);
+    }
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(conv) = node.op_as::<Conv>() else {
+            continue;
+        };
+        let spec = &conv.pool_spec;
+        let fits = conv.q_params.is_none()
+            && conv.group == 1
+            && conv.kernel_fmt == KernelFormat::OIHW
+            && spec.data_format == DataFormat::NCHW
+            && spec.kernel_shape.len() == 2
+            && spec.dilations().iter().all(|&d| d == 1)
+            && (1..=MAX_STRIDE).contains(&spec.strides()[1])
+            && spec.input_channels <= MAX_INS;
+        let outs = spec.output_channels;
+        let Some(ConvConstants {
+            shape,
+            kernel,
+            bias,
+        }) = ConvConstants::of(model, node, outs)?
+        else {
+            continue;
+        };
+        if !fits {
+            continue;
+        }
+        let padding = spec.computed_padding(&shape[2..]);
+        let strides = spec.strides();
+        let op = DirectConv::new(
+            &kernel,
+            &bias,
+            [spec.output_channels, spec.input_channels],
+            [spec.kernel_shape[0], spec.kernel_shape[1]],
+            [strides[0], strides[1]],
+            [padding[0].pad_before, padding[1].pad_before],
+            [
+                [shape[2], shape[3]],
+                [padding[0].convoluted, padding[1].convoluted],
+            ],
+        );
+        replace(model, id, op, Some(DirectConv::with_relu))?;
+        replaced += 1;
+    }
+    Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    #[test]
+    fn direct_conv_matches_the_definition() {
+        if !available() {
+            eprintln!("skipped: this CPU has no fused multiply-add for DirectConv");
+            return;
+        }
+        let mut rng = Rng::new(21);
+        // (ins, outs, h, w, k, stride, pad): the 7x7/2 stem, odd sizes,
+        // channel counts that are not multiples of the lanes.
+        for (ins, outs, h, w, k, s, pad) in [
+            (3, 32, 37, 29, 7, 2, 3),
+            (3, 5, 8, 13, 3, 1, 1),
+            (1, 17, 9, 7, 5, 2, 0),
+            (4, 40, 16, 15, 3, 2, 1),
+        ] {
+            let ho = (h + 2 * pad - k) / s + 1;
+            let wo = (w + 2 * pad - k) / s + 1;
+            let x: Vec<f32> = (0..ins * h * w).map(|_| rng.range(-1.0, 1.0)).collect();
+            let kernel: Vec<f32> = (0..outs * ins * k * k)
+                .map(|_| rng.range(-0.5, 0.5))
+                .collect();
+            let bias: Vec<f32> = (0..outs).map(|_| rng.range(-0.5, 0.5)).collect();
+            let mut expected = vec![0.0f32; outs * ho * wo];
+            for o in 0..outs {
+                for y in 0..ho {
+                    for xo in 0..wo {
+                        let mut acc = bias[o] as f64;
+                        for c in 0..ins {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (y * s + ky) as isize - pad as isize;
+                                    let ix = (xo * s + kx) as isize - pad as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    acc += x[(c * h + iy as usize) * w + ix as usize] as f64
+                                        * kernel[((o * ins + c) * k + ky) * k + kx] as f64;
+                                }
+                            }
+                        }
+                        expected[(o * ho + y) * wo + xo] = acc as f32;
+                    }
+                }
+            }
+            let op = DirectConv::new(
+                &kernel,
+                &bias,
+                [outs, ins],
+                [k, k],
+                [s, s],
+                [pad, pad],
+                [[h, w], [ho, wo]],
+            );
+            let relu = op.clone().with_relu();
+            let pool = tract_linalg::multithread::Executor::multithread(3);
+            for threads in [false, true] {
+                let mut out = vec![f32::NAN; expected.len()];
+                let mut out_relu = vec![f32::NAN; expected.len()];
+                let mut run = || {
+                    op.run(&x, &mut out);
+                    relu.run(&x, &mut out_relu);
+                };
+                if threads {
+                    tract_linalg::multithread::multithread_tract_scope(pool.clone(), run);
+                } else {
+                    run();
+                }
+                let what = format!("{ins}->{outs} {k}x{k}/{s} pad {pad} at {h}x{w}");
+                for (i, ((a, r), e)) in out.iter().zip(&out_relu).zip(&expected).enumerate() {
+                    assert!((a - e).abs() <= 1e-5, "{what}, value {i}: {a} against {e}");
+                    assert_eq!(*r, a.max(0.0), "{what}: ReLU of value {i}");
+                }
+            }
+        }
+    }
+}
