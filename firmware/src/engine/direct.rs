@@ -25,7 +25,7 @@ use tract_onnx::tract_core::ops::cnn::conv::KernelFormat;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::blas::split_work;
-use super::graph::{ConvConstants, replace};
+use super::graph::{ConvConstants, eval_images, replace};
 
 /// Input channels up to which convolutions run here: beyond, tract's im2col
 /// product is as good.
@@ -308,30 +308,21 @@ impl EvalOp for DirectConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = args_1!(inputs);
-        let ([h, w], [ho, wo]) = (self.input, self.output);
-        let &[n, c, ih, iw] = input.shape() else {
-            bail!("DirectConv takes NCHW input, got shape {:?}", input.shape());
+        let out_dims = |h, w| {
+            ensure!(
+                [h, w] == self.input,
+                "DirectConv: input {h}x{w}; expected {:?}",
+                self.input
+            );
+            Ok([self.outs, self.output[0], self.output[1]])
         };
-        ensure!(
-            [c, ih, iw] == [self.ins, h, w],
-            "input {c}x{ih}x{iw}; expected {}x{h}x{w}",
-            self.ins
-        );
-        let input = input.try_as_plain_ram()?;
-        let input = input.as_slice::<f32>()?;
-        let mut out = Tensor::zero::<f32>(&[n, self.outs, ho, wo])?;
-        {
-            let mut view = out.try_as_plain_ram_mut()?;
-            let out = view.as_slice_mut::<f32>()?;
-            for (i, o) in input
-                .chunks_exact(c * h * w)
-                .zip(out.chunks_exact_mut(self.outs * ho * wo))
-            {
-                self.run(i, o);
-            }
-        }
-        Ok(tvec!(out.into_tvalue()))
+        eval_images(
+            "DirectConv",
+            args_1!(inputs),
+            self.ins,
+            out_dims,
+            |x, _, out| self.run(x, out),
+        )
     }
 }
 

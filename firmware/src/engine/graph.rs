@@ -3,6 +3,7 @@
 //! after it) by an operator.
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::math::Max;
@@ -112,4 +113,40 @@ pub(super) fn sole_relu_after(model: &TypedModel, id: usize) -> TractResult<Opti
         .and_then(|u| u.cast_to_scalar::<f32>().ok())
         .is_some_and(|z| z == 0.0);
     Ok(zero.then_some(next.id))
+}
+
+/// Evaluates operator `op`, which convolves each `ins`-channel image of the
+/// `NCHW` f32 `input` on its own: `run(image, [h, w], out)` must write every
+/// value of `out`, the `out_dims(h, w)` (`[channels, height, width]`) output
+/// of the image.
+pub(super) fn eval_images(
+    op: &str,
+    input: TValue,
+    ins: usize,
+    out_dims: impl Fn(usize, usize) -> TractResult<[usize; 3]>,
+    run: impl Fn(&[f32], [usize; 2], &mut [f32]),
+) -> TractResult<TVec<TValue>> {
+    let &[n, c, h, w] = input.shape() else {
+        bail!("{op} takes NCHW input, got shape {:?}", input.shape());
+    };
+    ensure!(c == ins, "{op}: {c} input channels; expected {ins}");
+    let [oc, oh, ow] = out_dims(h, w)?;
+    let shape = [n, oc, oh, ow];
+    if c * h * w == 0 || oc * oh * ow == 0 {
+        return Ok(tvec!(Tensor::zero::<f32>(&shape)?.into_tvalue()));
+    }
+    let input = input.try_as_plain_ram()?;
+    let input = input.as_slice::<f32>()?;
+    let mut out = Tensor::zero::<f32>(&shape)?;
+    {
+        let mut view = out.try_as_plain_ram_mut()?;
+        let out = view.as_slice_mut::<f32>()?;
+        for (image, o) in input
+            .chunks_exact(c * h * w)
+            .zip(out.chunks_exact_mut(oc * oh * ow))
+        {
+            run(image, [h, w], o);
+        }
+    }
+    Ok(tvec!(out.into_tvalue()))
 }

@@ -20,7 +20,7 @@ use tract_onnx::tract_core::ops::cnn::{Conv, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::blas::{matmul_accumulate, split_work, threads};
-use super::graph::{ConvConstants, replace, sole_relu_after};
+use super::graph::{ConvConstants, eval_images, replace, sole_relu_after};
 
 /// Pixels per column block when the channels are few; blocks shrink so that
 /// a block's input and output (`(ins + outs) x cols`) stay near
@@ -147,25 +147,14 @@ impl EvalOp for Pointwise {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = args_1!(inputs);
-        let &[n, c, h, w] = input.shape() else {
-            bail!("Pointwise takes NCHW input, got shape {:?}", input.shape());
-        };
-        ensure!(c == self.ins, "{c} input channels; expected {}", self.ins);
-        let input = input.try_as_plain_ram()?;
-        let input = input.as_slice::<f32>()?;
-        let mut out = Tensor::zero::<f32>(&[n, self.outs, h, w])?;
-        {
-            let mut view = out.try_as_plain_ram_mut()?;
-            let out = view.as_slice_mut::<f32>()?;
-            for (i, o) in input
-                .chunks_exact(c * h * w)
-                .zip(out.chunks_exact_mut(self.outs * h * w))
-            {
-                self.run(i, h * w, o);
-            }
-        }
-        Ok(tvec!(out.into_tvalue()))
+        let out_dims = |h, w| Ok([self.outs, h, w]);
+        eval_images(
+            "Pointwise",
+            args_1!(inputs),
+            self.ins,
+            out_dims,
+            |x, [h, w], out| self.run(x, h * w, out),
+        )
     }
 }
 

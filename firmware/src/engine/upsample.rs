@@ -27,7 +27,7 @@ use tract_onnx::tract_core::ops::cnn::{Deconv, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::blas::{matmul_strided, split_work};
-use super::graph::{ConvConstants, replace};
+use super::graph::{ConvConstants, eval_images, replace};
 
 /// Elements of a block's taps and input rows worked through at once: about
 /// 512 KiB, which stays in a core's L2.
@@ -238,25 +238,14 @@ impl EvalOp for Upsample2 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = args_1!(inputs);
-        let &[n, c, h, w] = input.shape() else {
-            bail!("Upsample2 takes NCHW input, got shape {:?}", input.shape());
-        };
-        ensure!(c == self.ins, "{c} input channels; expected {}", self.ins);
-        let input = input.try_as_plain_ram()?;
-        let input = input.as_slice::<f32>()?;
-        let mut out = Tensor::zero::<f32>(&[n, self.outs, 2 * h, 2 * w])?;
-        {
-            let mut view = out.try_as_plain_ram_mut()?;
-            let out = view.as_slice_mut::<f32>()?;
-            for (i, o) in input
-                .chunks_exact(c * h * w)
-                .zip(out.chunks_exact_mut(self.outs * 4 * h * w))
-            {
-                self.run(i, h, w, o);
-            }
-        }
-        Ok(tvec!(out.into_tvalue()))
+        let out_dims = |h: usize, w: usize| Ok([self.outs, 2 * h, 2 * w]);
+        eval_images(
+            "Upsample2",
+            args_1!(inputs),
+            self.ins,
+            out_dims,
+            |x, [h, w], out| self.run(x, h, w, out),
+        )
     }
 }
 

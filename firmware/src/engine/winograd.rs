@@ -29,7 +29,7 @@ use tract_onnx::tract_core::ops::cnn::{Conv, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::blas::{matmul, split_work, threads};
-use super::graph::{ConvConstants, replace};
+use super::graph::{ConvConstants, eval_images, replace};
 
 /// Channels needed on both sides: each of the 16 products contracts over the
 /// input channels, so fewer make them too short (and keep the RGB stem on
@@ -186,28 +186,14 @@ impl EvalOp for Winograd {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = args_1!(inputs);
-        let &[n, c, h, w] = input.shape() else {
-            bail!(
-                "Winograd3x3 takes NCHW input, got shape {:?}",
-                input.shape()
-            );
-        };
-        ensure!(c == self.ins, "{c} input channels; expected {}", self.ins);
-        let input = input.try_as_plain_ram()?;
-        let input = input.as_slice::<f32>()?;
-        let mut out = Tensor::zero::<f32>(&[n, self.outs, h, w])?;
-        {
-            let mut view = out.try_as_plain_ram_mut()?;
-            let out = view.as_slice_mut::<f32>()?;
-            for (i, o) in input
-                .chunks_exact(c * h * w)
-                .zip(out.chunks_exact_mut(self.outs * h * w))
-            {
-                self.run(i, h, w, o);
-            }
-        }
-        Ok(tvec!(out.into_tvalue()))
+        let out_dims = |h, w| Ok([self.outs, h, w]);
+        eval_images(
+            "Winograd3x3",
+            args_1!(inputs),
+            self.ins,
+            out_dims,
+            |x, [h, w], out| self.run(x, h, w, out),
+        )
     }
 }
 
