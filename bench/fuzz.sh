@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Fuzzes edgeseg's parsers with AFL++ (cargo afl): the wire-protocol decoder
-# and mask assembler, and the MJPEG splitter, each from its seed corpus in
-# fuzz/seeds/, both at once (one core each).
+# Fuzzes edgeseg's parsers with AFL++ (cargo afl), each target from its seed
+# corpus in fuzz/seeds/, all at once: the wire-protocol decoder and mask
+# assembler, the MJPEG splitter, the raw-frame reader, the model metadata
+# reader and the dataset label reader.
 #   bench/fuzz.sh [SECONDS [EXECUTIONS]]   (defaults: 1800 s, 10,000,000;
 #   0 executions: no limit). Fails if any target found a crash or a hang.
+#   FUZZ_TARGETS="raw_frames labels" runs only those.
 # Prints each target's executions, speed, corpus, crashes and hangs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +17,9 @@ cargo afl build --release --quiet
 out=${FUZZ_OUT:-$(mktemp -d)}
 limit=()
 [ "$execs" -gt 0 ] && limit=(-E "$execs")
+read -ra targets <<<"${FUZZ_TARGETS:-protocol mjpeg raw_frames model_info labels}"
 pids=()
-for target in protocol mjpeg; do
+for target in "${targets[@]}"; do
     AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1 \
         cargo afl fuzz -i "seeds/$target" -o "$out/$target" "${limit[@]}" -V "$seconds" \
         "target/release/$target" >"$out/$target.log" 2>&1 &
@@ -24,7 +27,7 @@ for target in protocol mjpeg; do
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-for target in protocol mjpeg; do
+for target in "${targets[@]}"; do
     stats=$out/$target/default/fuzzer_stats
     if [ ! -f "$stats" ]; then
         echo "$target: AFL did not run:" >&2

@@ -30,6 +30,20 @@ pub enum PixelFormat {
 }
 
 impl PixelFormat {
+    /// The format of a source description's name (`rgb`, `bgr`, `yuv420` or
+    /// `i420`, `nv12`, `yuyv`, `gray`).
+    pub fn from_name(name: &str) -> Option<PixelFormat> {
+        Some(match name {
+            "rgb" => PixelFormat::Rgb8,
+            "bgr" => PixelFormat::Bgr8,
+            "yuv420" | "i420" => PixelFormat::I420,
+            "nv12" => PixelFormat::Nv12,
+            "yuyv" => PixelFormat::Yuyv,
+            "gray" => PixelFormat::Gray8,
+            _ => return None,
+        })
+    }
+
     /// Bytes per pixel of the first plane's rows (YUV: of the luma plane; YUYV: 2).
     pub const fn bytes_per_pixel(self) -> usize {
         match self {

@@ -10,14 +10,18 @@
 //! serves as built-in dataset and camera.
 //!
 //! Features: `alloc` adds heap-backed helpers (the confusion-matrix
-//! [`metrics`]); `std` (default) adds what needs an operating system: the
-//! tract [`engine`], the model metadata ([`model_info`]) and atomic file
-//! writes ([`fsio`]).
+//! [`metrics`], the MJPEG splitter); `metadata` the model metadata reader
+//! ([`model_info`]); `labels` the dataset label reader ([`labels`]); `std`
+//! (default) all of them, and what needs an operating system: the tract
+//! [`engine`] and atomic file writes ([`fsio`]).
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
+// The label reader decodes pictures with the `image` crate, which needs std.
+#[cfg(all(feature = "labels", not(feature = "std")))]
+extern crate std;
 
 pub mod classes;
 #[cfg(feature = "std")]
@@ -26,6 +30,8 @@ pub mod error;
 pub mod frame;
 #[cfg(feature = "std")]
 pub mod fsio;
+#[cfg(feature = "labels")]
+pub mod labels;
 #[cfg(feature = "std")]
 pub mod live;
 #[cfg(feature = "std")]
@@ -34,7 +40,7 @@ pub mod logging;
 pub mod metrics;
 #[cfg(feature = "alloc")]
 pub mod mjpeg;
-#[cfg(feature = "std")]
+#[cfg(feature = "metadata")]
 pub mod model_info;
 pub mod outputs;
 #[cfg(feature = "std")]

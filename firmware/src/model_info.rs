@@ -15,8 +15,10 @@
 //! | `edgeseg.val_miou` | `0.7312` |
 //! | `edgeseg.precision` | `float32` or `int8` |
 
-use std::string::{String, ToString};
-use std::vec::Vec;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
 
 use crate::Size;
 

@@ -56,6 +56,33 @@ impl FromStr for Size {
     }
 }
 
+/// Longest side a source's frames may have (16K video is 15360 wide).
+pub const MAX_FRAME_SIDE: u32 = 16_384;
+
+/// Most pixels a source's frame may have: 8K video (7680x4320) fits; an RGB
+/// frame of this size is 192 MiB.
+pub const MAX_FRAME_PIXELS: u64 = 64 << 20;
+
+/// Parses a frame size `WxH` of a source description, within
+/// [`MAX_FRAME_SIDE`] and [`MAX_FRAME_PIXELS`]; the error says why not.
+#[cfg(feature = "alloc")]
+pub fn frame_size(s: &str) -> Result<Size, alloc::string::String> {
+    let size = s
+        .parse::<Size>()
+        .map_err(|e| alloc::format!("{s:?} is not a size: {e}"))?;
+    if size.width > MAX_FRAME_SIDE
+        || size.height > MAX_FRAME_SIDE
+        || u64::from(size.width) * u64::from(size.height) > MAX_FRAME_PIXELS
+    {
+        return Err(alloc::format!(
+            "{size} is larger than a camera frame can be here (at most \
+             {MAX_FRAME_SIDE} pixels a side and {} megapixels)",
+            MAX_FRAME_PIXELS >> 20
+        ));
+    }
+    Ok(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

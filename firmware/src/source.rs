@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::Size;
 use crate::frame::{Frame, PixelFormat};
+use crate::size::frame_size;
 
 #[cfg(feature = "v4l2")]
 mod v4l2;
@@ -604,7 +605,7 @@ pub fn open_command(
     let parts: Vec<&str> = spec.splitn(3, ':').collect();
     let reader: Box<dyn Fn(CommandOutput) -> Box<dyn FrameSource> + Send> = match parts[..] {
         ["stdin", format, size] => {
-            let format = parse_format(format).ok_or_else(|| bad(FORMATS))?;
+            let format = PixelFormat::from_name(format).ok_or_else(|| bad(FORMATS))?;
             let size = frame_size(size).map_err(|e| bad(&e))?;
             let what = format!("{command:?}");
             Box::new(move |out| Box::new(RawSource::new(out, format, size, &what).live(true)))
@@ -671,44 +672,6 @@ pub fn open_camera(
 
 const FORMATS: &str = "formats: rgb, bgr, yuv420, nv12, yuyv, gray";
 
-fn parse_format(name: &str) -> Option<PixelFormat> {
-    Some(match name {
-        "rgb" => PixelFormat::Rgb8,
-        "bgr" => PixelFormat::Bgr8,
-        "yuv420" | "i420" => PixelFormat::I420,
-        "nv12" => PixelFormat::Nv12,
-        "yuyv" => PixelFormat::Yuyv,
-        "gray" => PixelFormat::Gray8,
-        _ => return None,
-    })
-}
-
-/// Longest side a source's frames may have (16K video is 15360 wide).
-pub const MAX_FRAME_SIDE: u32 = 16_384;
-
-/// Most pixels a source's frame may have: 8K video (7680x4320) fits; an RGB
-/// frame of this size is 192 MiB.
-pub const MAX_FRAME_PIXELS: u64 = 64 << 20;
-
-/// Parses a frame size `WxH` of a source description, within
-/// [`MAX_FRAME_SIDE`] and [`MAX_FRAME_PIXELS`]; the error says why not.
-pub fn frame_size(s: &str) -> Result<Size, String> {
-    let size = s
-        .parse::<Size>()
-        .map_err(|e| format!("{s:?} is not a size: {e}"))?;
-    if size.width > MAX_FRAME_SIDE
-        || size.height > MAX_FRAME_SIDE
-        || u64::from(size.width) * u64::from(size.height) > MAX_FRAME_PIXELS
-    {
-        return Err(format!(
-            "{size} is larger than a camera frame can be here (at most \
-             {MAX_FRAME_SIDE} pixels a side and {} megapixels)",
-            MAX_FRAME_PIXELS >> 20
-        ));
-    }
-    Ok(size)
-}
-
 /// Opens a source from its command-line description:
 /// `synthetic[:WxH]`, `stdin:rgb:WxH`, `stdin:yuv420:WxH`, `stdin:nv12:WxH`,
 /// `stdin:yuyv:WxH`, `mjpeg:PATH` or `mjpeg:-`, `dir:PATH`.
@@ -723,7 +686,7 @@ pub fn open(spec: &str, seed: u64) -> Result<Box<dyn FrameSource>, SourceError> 
         ["synthetic"] => Ok(Box::new(SyntheticSource::new(Size::new(480, 360), seed))),
         ["synthetic", s] => Ok(Box::new(SyntheticSource::new(size(s)?, seed))),
         ["stdin", format, s] => {
-            let format = parse_format(format).ok_or_else(|| bad(FORMATS))?;
+            let format = PixelFormat::from_name(format).ok_or_else(|| bad(FORMATS))?;
             Ok(Box::new(
                 RawSource::new(std::io::stdin(), format, size(s)?, "standard input").live(true),
             ))

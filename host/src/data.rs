@@ -15,7 +15,7 @@ use image::{GrayImage, RgbImage, imageops};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::labels::{CITYSCAPES_TRAIN_IDS, LabelSpace};
+use crate::labels::{LabelSpace, MaskFormat, decode_mask, read_class_dict};
 
 /// One image and its class-id mask, at the same size.
 #[derive(Clone, Debug)]
@@ -27,17 +27,6 @@ pub struct Sample {
 }
 
 const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "bmp", "tif"];
-
-/// How label files encode classes.
-#[derive(Clone, Debug, PartialEq)]
-pub enum MaskFormat {
-    /// 8-bit class ids (grey PNG), or colours of the label space's palette.
-    Ids,
-    /// 0/255 masks mapped to classes 0/1.
-    Binary,
-    /// Cityscapes `labelIds`, mapped to the 19 training ids.
-    CityscapesLabelIds,
-}
 
 /// Image and label files of one split.
 #[derive(Clone, Debug)]
@@ -126,7 +115,7 @@ impl FileSplit {
         }
         let class_dict = root.join("class_dict.csv");
         let labels = if class_dict.is_file() {
-            Some(LabelSpace::from_class_dict(&class_dict)?)
+            Some(read_class_dict(&class_dict)?)
         } else {
             None
         };
@@ -336,7 +325,7 @@ pub fn load_pair(
         path: image.to_owned(),
         source,
     })?;
-    let ids = read_mask(image, (img.width(), img.height()), mask, labels, format)?;
+    let ids = read_mask((img.width(), img.height()), mask, labels, format)?;
     Ok(Sample {
         image: img.into_rgb8(),
         mask: ids,
@@ -356,86 +345,22 @@ pub fn check_pair(
         path: image.to_owned(),
         source,
     })?;
-    read_mask(image, dims, mask, labels, format).map(|_| ())
+    read_mask(dims, mask, labels, format).map(|_| ())
 }
 
 /// Reads the label file `mask` of `image` (of size `dims`) as class ids.
 fn read_mask(
-    image: &Path,
     dims: (u32, u32),
     mask: &Path,
     labels: &LabelSpace,
     format: &MaskFormat,
 ) -> Result<GrayImage> {
-    let lab = image::open(mask).map_err(|source| Error::Image {
+    let bytes = std::fs::read(mask).map_err(|e| Error::io(mask, e))?;
+    let ids = decode_mask(&bytes, dims, labels, *format).map_err(|source| Error::Labels {
         path: mask.to_owned(),
         source,
     })?;
-    let bad = |what: String| Error::BadMask {
-        path: mask.to_owned(),
-        what,
-    };
-    if (lab.width(), lab.height()) != dims {
-        return Err(bad(format!(
-            "label is {}x{} but its image {} is {}x{}",
-            lab.width(),
-            lab.height(),
-            image.display(),
-            dims.0,
-            dims.1
-        )));
-    }
-    let (w, n) = (lab.width(), labels.num_classes());
-    let mut ids = match lab {
-        image::DynamicImage::ImageLuma8(l) => l,
-        image::DynamicImage::ImageRgb8(_) | image::DynamicImage::ImageRgba8(_)
-            if *format == MaskFormat::Ids =>
-        {
-            let rgb = lab.into_rgb8();
-            let mut ids = GrayImage::new(rgb.width(), rgb.height());
-            for (i, (p, out)) in rgb.pixels().zip(ids.pixels_mut()).enumerate() {
-                out.0[0] = labels.id_of_color(p.0).ok_or_else(|| {
-                    bad(format!(
-                        "colour {:?} at pixel ({}, {}) is not in the class palette",
-                        p.0,
-                        i as u32 % w,
-                        i as u32 / w
-                    ))
-                })?;
-            }
-            ids
-        }
-        other => {
-            return Err(bad(format!(
-                "label is {:?}; expected an 8-bit grey image of class ids (or palette colours with a class_dict.csv)",
-                other.color()
-            )));
-        }
-    };
-    match format {
-        MaskFormat::Ids => {}
-        MaskFormat::Binary => ids.iter_mut().for_each(|v| *v = (*v >= 128) as u8),
-        MaskFormat::CityscapesLabelIds => {
-            let mut table = [labels.void; 256];
-            for (label_id, train_id) in CITYSCAPES_TRAIN_IDS {
-                table[label_id as usize] = train_id;
-            }
-            ids.iter_mut().for_each(|v| *v = table[*v as usize]);
-        }
-    }
-    if let Some((i, v)) = ids
-        .as_raw()
-        .iter()
-        .enumerate()
-        .find(|&(_, &v)| v as usize >= n && v != labels.void)
-    {
-        let (x, y) = (i as u32 % w, i as u32 / w);
-        return Err(bad(format!(
-            "label value {v} at pixel ({x}, {y}) is neither a class id (0..{n}) nor void ({})",
-            labels.void
-        )));
-    }
-    Ok(ids)
+    Ok(GrayImage::from_raw(dims.0, dims.1, ids).expect("one id per pixel"))
 }
 
 /// Where samples come from.

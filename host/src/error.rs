@@ -38,13 +38,14 @@ pub enum Error {
         /// Where its label was looked for.
         expected: PathBuf,
     },
-    /// A label file that does not fit its image or the label space.
-    #[error("{}: {what}", path.display())]
-    BadMask {
-        /// The label file.
+    /// A label file or class list that does not fit its image or the label
+    /// space.
+    #[error("{}: {source}", path.display())]
+    Labels {
+        /// The label file or `class_dict.csv`.
         path: PathBuf,
         /// What is wrong with it.
-        what: String,
+        source: firmware::labels::LabelError,
     },
     /// A file that is not what the operation needs (checkpoint, config, ...).
     #[error("{}: {what}", path.display())]
