@@ -15,6 +15,7 @@ command -v cargo-afl >/dev/null || cargo install cargo-afl --locked --quiet
 cd fuzz
 cargo afl build --release --quiet
 out=${FUZZ_OUT:-$(mktemp -d)}
+mkdir -p "$out"
 limit=()
 [ "$execs" -gt 0 ] && limit=(-E "$execs")
 read -ra targets <<<"${FUZZ_TARGETS:-protocol mjpeg raw_frames model_info labels}"

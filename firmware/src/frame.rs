@@ -54,11 +54,23 @@ impl PixelFormat {
         }
     }
 
+    /// The shortest row stride of the first plane a frame `width` pixels wide
+    /// can have: YUYV rows hold whole pixel pairs (4 bytes each), and the 4:2:0
+    /// formats' chroma rows a sample pair for every two pixels, rounded up.
+    pub const fn min_stride(self, width: u32) -> usize {
+        let w = width as usize;
+        match self {
+            PixelFormat::Yuyv => 4 * w.div_ceil(2),
+            PixelFormat::I420 | PixelFormat::Nv12 => 2 * w.div_ceil(2),
+            _ => w * self.bytes_per_pixel(),
+        }
+    }
+
     /// The row stride of the first plane `rpicam-vid` and libcamera use for a
     /// frame `width` pixels wide: rows padded to a multiple of 64 bytes for
     /// YUV 4:2:0 (so that the chroma rows stay 32-byte aligned), none otherwise.
     pub const fn camera_stride(self, width: u32) -> usize {
-        let tight = width as usize * self.bytes_per_pixel();
+        let tight = self.min_stride(width);
         match self {
             PixelFormat::I420 | PixelFormat::Nv12 => tight.next_multiple_of(64),
             _ => tight,
@@ -99,7 +111,7 @@ impl<'a> Frame<'a> {
         if size.width == 0 || size.height == 0 {
             return Err(Error::ZeroSize);
         }
-        let min_stride = size.width as usize * format.bytes_per_pixel();
+        let min_stride = format.min_stride(size.width);
         let odd_chroma = matches!(format, PixelFormat::I420) && !stride.is_multiple_of(2);
         if stride < min_stride || odd_chroma {
             return Err(Error::BufferSize {
@@ -742,6 +754,42 @@ mod tests {
         assert_eq!(PixelFormat::I420.camera_stride(1296), 1344);
         assert_eq!(PixelFormat::Rgb8.camera_stride(1296), 3888);
         assert_eq!(PixelFormat::I420.frame_len(480, 640), 640 * 480 * 3 / 2);
+    }
+
+    /// Found by the `raw_frames` fuzz target: a YUYV frame of odd width at
+    /// the stride its pixels alone need (2 bytes each) panicked reading its
+    /// last row's half pair.
+    #[test]
+    fn odd_widths_read_inside_the_frame_at_the_shortest_stride() {
+        let formats = [
+            PixelFormat::Rgb8,
+            PixelFormat::Bgr8,
+            PixelFormat::Rgba8,
+            PixelFormat::Gray8,
+            PixelFormat::I420,
+            PixelFormat::Nv12,
+            PixelFormat::Yuyv,
+        ];
+        for format in formats {
+            for (w, h) in [(1, 1), (7, 2), (5, 3), (3, 1)] {
+                let size = Size::new(w, h);
+                let stride = format.min_stride(w);
+                let len = format.frame_len(h, stride);
+                let data: Vec<u8> = (0..len).map(|i| (i * 37 % 251) as u8).collect();
+                let frame = Frame::new(format, size, stride, &data).unwrap();
+                let mut row = vec![0; 3 * w as usize];
+                for y in 0..h as usize {
+                    row_rgb(&frame, y, &mut row);
+                    for x in 0..w as usize {
+                        assert_eq!(frame.rgb(x, y), row[3 * x..3 * x + 3], "{format:?} {size}");
+                    }
+                }
+                assert!(Frame::camera(format, size, &data).is_ok() || format.camera_stride(w) > stride);
+            }
+        }
+        // Odd YUYV rows need the half pair's padding.
+        let data = [0u8; 14 * 2];
+        assert!(Frame::new(PixelFormat::Yuyv, Size::new(7, 2), 14, &data).is_err());
     }
 
     #[test]

@@ -138,12 +138,20 @@ impl ModelInfo {
                 what: format!("{std:?} must be positive"),
             });
         }
+        // A number past f32's range reads as infinity.
+        let mean: [f32; 3] = parse("edgeseg.mean", get("edgeseg.mean")?)?;
+        if mean.iter().any(|m| !m.is_finite()) {
+            return Err(MetadataError {
+                key: "edgeseg.mean".into(),
+                what: format!("{mean:?} must be finite"),
+            });
+        }
         Ok(ModelInfo {
             class_names,
             palette,
             void,
             input_size,
-            mean: parse("edgeseg.mean", get("edgeseg.mean")?)?,
+            mean,
             std,
             architecture: get("edgeseg.architecture")?.to_string(),
             val_miou: get("edgeseg.val_miou")?.parse().unwrap_or(f64::NAN),
@@ -199,6 +207,21 @@ mod tests {
             ModelInfo::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap_err();
         assert!(
             err.to_string().contains("1 colours for 11 classes"),
+            "{err}"
+        );
+    }
+
+    /// Found by the `model_info` fuzz target: a mean past f32's range read as
+    /// infinity, was accepted, and wrote back as `null`.
+    #[test]
+    fn means_out_of_range_are_refused() {
+        let mut props = info().to_props();
+        let at = props.iter().position(|(k, _)| k == "edgeseg.mean").unwrap();
+        props[at].1 = "[0.485,4.56e85,0.406]".into();
+        let err =
+            ModelInfo::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap_err();
+        assert!(
+            err.to_string().contains("edgeseg.mean") && err.to_string().contains("finite"),
             "{err}"
         );
     }
