@@ -784,7 +784,9 @@ mod tests {
                         assert_eq!(frame.rgb(x, y), row[3 * x..3 * x + 3], "{format:?} {size}");
                     }
                 }
-                assert!(Frame::camera(format, size, &data).is_ok() || format.camera_stride(w) > stride);
+                assert!(
+                    Frame::camera(format, size, &data).is_ok() || format.camera_stride(w) > stride
+                );
             }
         }
         // Odd YUYV rows need the half pair's padding.
