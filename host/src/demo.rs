@@ -188,7 +188,7 @@ pub fn run(options: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoRepor
     let mut config = TrainConfig::new(model, size);
     config.data = data.clone();
     config.labels = labels;
-    config.epochs = 1000;
+    config.epochs = None;
     config.lr = 4e-3;
     config.loss = crate::loss::LossConfig::parse("ce+1.0*dice").map_err(Error::Invalid)?;
     // Square-root median-frequency weights scored 0.504 against 0.463 without

@@ -256,9 +256,10 @@ struct TrainArgs {
     /// Validation, evaluation and export use whole --size images.
     #[arg(long)]
     crop: Option<Size>,
-    /// Passes over the training set.
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
+    /// Passes over the training set [default: 10, or with --time-limit as
+    /// many as the budget allows].
+    #[arg(long)]
+    epochs: Option<usize>,
     /// Images per step.
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -385,7 +386,11 @@ impl TrainArgs {
         let mut c = host::train::TrainConfig::new(model, self.size);
         c.data = data;
         c.labels = labels;
-        c.epochs = self.epochs;
+        c.epochs = match (self.epochs, self.time_limit) {
+            (Some(epochs), _) => Some(epochs),
+            (None, Some(_)) => None,
+            (None, None) => Some(10),
+        };
         c.batch = self.batch;
         c.lr = self.lr;
         c.weight_decay = self.weight_decay;
@@ -554,8 +559,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 args.config()?
             };
+            let length = match (config.epochs, config.time_limit) {
+                (Some(epochs), None) => format!("{epochs} epochs"),
+                (Some(epochs), Some(limit)) => {
+                    format!("{:.1} minutes (at most {epochs} epochs)", limit / 60.0)
+                }
+                (None, limit) => format!("{:.1} minutes", limit.unwrap_or_default() / 60.0),
+            };
             eprintln!(
-                "training {} at {} on {} for {} epochs, batch {}",
+                "training {} at {} on {} for {length}, batch {}",
                 config.model.name(),
                 config.size,
                 config
@@ -563,7 +575,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .root
                     .as_ref()
                     .map_or("synthetic scenes".to_string(), |d| d.display().to_string()),
-                config.epochs,
                 config.batch
             );
             let start = match (args.resume, args.overwrite) {

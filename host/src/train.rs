@@ -105,8 +105,9 @@ pub struct TrainConfig {
     pub model: ModelConfig,
     /// Training (and model input) size.
     pub size: Size,
-    /// Passes over the training set.
-    pub epochs: usize,
+    /// Passes over the training set; `None`: as many as
+    /// [`TrainConfig::time_limit`] allows (which must then be given).
+    pub epochs: Option<usize>,
     /// Images per step.
     pub batch: usize,
     /// Base learning rate.
@@ -170,7 +171,7 @@ impl TrainConfig {
             labels: LabelSpace::camvid(),
             model,
             size,
-            epochs: 10,
+            epochs: Some(10),
             batch: 8,
             lr: 2e-3,
             weight_decay: 1e-4,
@@ -356,9 +357,14 @@ pub fn train(
             (config, state, model, optim)
         }
     } else {
-        if config.batch == 0 || config.epochs == 0 {
+        if config.batch == 0 || config.epochs == Some(0) {
             return Err(Error::Invalid(
                 "--batch and --epochs must be at least 1".into(),
+            ));
+        }
+        if config.epochs.is_none() && config.time_limit.is_none() {
+            return Err(Error::Invalid(
+                "give --epochs or --time-limit: training needs an end".into(),
             ));
         }
         if let Some(crop) = config.crop
@@ -423,7 +429,7 @@ pub fn train(
         )
     });
     let batches_per_epoch = train_source.len().div_ceil(config.batch);
-    let total_iters = (config.epochs * batches_per_epoch) as f64;
+    let total_iters = config.epochs.map(|e| e as f64 * batches_per_epoch as f64);
     let eval_plan = EvalPlan {
         size: config.size,
         normalize: config.normalize.clone(),
@@ -439,14 +445,19 @@ pub fn train(
     // How far the run is after `steps` steps, in [0, 1]: by steps, or by the
     // time budget when that is further along.
     let progress_after = |steps: usize| {
-        let by_steps = steps as f64 / total_iters;
+        let by_steps = total_iters.map_or(0.0, |total| steps as f64 / total);
         match config.time_limit {
             Some(limit) => by_steps.max(elapsed() / limit),
             None => by_steps,
         }
     };
     let mut out_of_time = false;
-    for epoch in state.epochs_done + 1..=config.epochs {
+    // Without an epoch count, the time limit ends the run.
+    for epoch in state.epochs_done + 1..=config.epochs.unwrap_or(usize::MAX) {
+        let of = match config.epochs {
+            Some(epochs) => format!("{epoch}/{epochs}"),
+            None => format!("{epoch}"),
+        };
         if config.time_limit.is_some_and(|limit| elapsed() >= limit) {
             log("the time budget is used up: nothing to resume");
             break;
@@ -472,11 +483,7 @@ pub fn train(
             native_masks: false,
             crop: config.crop.map(scale),
         };
-        let progress = bar(
-            batches_per_epoch as u64,
-            quiet,
-            format!("epoch {epoch}/{}", config.epochs),
-        );
+        let progress = bar(batches_per_epoch as u64, quiet, format!("epoch {of}"));
         let (mut loss_sum, mut seen, mut lr) = (0.0f64, 0usize, config.lr);
         for (i, batch) in batches(&train_source, &plan).enumerate() {
             let batch = batch?;
@@ -511,8 +518,7 @@ pub fn train(
             seen += batch.len;
             progress.inc(1);
             progress.set_message(format!(
-                "epoch {epoch}/{} loss {:.4} lr {lr:.2e}",
-                config.epochs,
+                "epoch {of} loss {:.4} lr {lr:.2e}",
                 loss_sum / seen as f64
             ));
             if config.time_limit.is_some_and(|limit| elapsed() >= limit) {
@@ -545,8 +551,7 @@ pub fn train(
             String::new()
         };
         log(&format!(
-            "epoch {epoch:>3}/{}  train loss {:.4}  val mIoU {:.4}  pixel acc {:.4}  {:.1}s{}",
-            config.epochs,
+            "epoch {of:>3}  train loss {:.4}  val mIoU {:.4}  pixel acc {:.4}  {:.1}s{}",
             record.train_loss,
             record.val_miou,
             record.val_pixel_accuracy,
@@ -663,7 +668,7 @@ mod tests {
         let mut config = TrainConfig::new(model, Size::new(48, 32));
         config.data.synthetic_train = 8;
         config.data.synthetic_val = 4;
-        config.epochs = epochs;
+        config.epochs = Some(epochs);
         config.batch = 4;
         config.lr = 1e-2;
         config.augment = None;
@@ -814,7 +819,7 @@ mod tests {
         let mut lines = Vec::new();
         let first = train(
             &TrainConfig {
-                epochs: 12,
+                epochs: Some(12),
                 ..config.clone()
             },
             &run,
@@ -893,7 +898,7 @@ mod tests {
 
         // Extend the run to 14 epochs and resume: it continues at epoch 13.
         let mut config = run.config().unwrap();
-        config.epochs = 14;
+        config.epochs = Some(14);
         run.write_json("config.json", &config).unwrap();
         let resumed = train(&config, &run, Start::Resume, true, |_| {}).unwrap();
         let epochs: Vec<usize> = resumed.state.history.iter().map(|r| r.epoch).collect();

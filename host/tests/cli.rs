@@ -625,3 +625,33 @@ fn killed_training_resumes_exactly() {
          losses match the uninterrupted run"
     );
 }
+
+/// With `--time-limit` and no `--epochs`, the budget alone ends training: the
+/// run goes past the 10 epochs a plain `train` runs (the README's 45-minute
+/// CamVid command once stopped after 10 epochs in under two minutes).
+#[test]
+fn a_time_limit_without_epochs_trains_until_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut args = tiny_train(&run, 1, &["--time-limit", "0.25"]);
+    let at = args.iter().position(|a| a == "--epochs").unwrap();
+    args.drain(at..at + 2);
+    let started = std::time::Instant::now();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = edgeseg(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
+    let epochs = state["epochs_done"].as_u64().unwrap();
+    // The budget is 15 s; an epoch of 8 scenes at 40x32 takes well under one.
+    assert!(epochs > 10, "{epochs} epochs in {:?}", started.elapsed());
+    assert!(
+        started.elapsed().as_secs_f64() >= 15.0,
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -28,7 +28,7 @@ fn tiny_run(dir: &std::path::Path, model: ModelConfig) -> RunDir {
     let mut config = TrainConfig::new(model, firmware::Size::new(64, 48));
     config.data.synthetic_train = 8;
     config.data.synthetic_val = 4;
-    config.epochs = 2;
+    config.epochs = Some(2);
     config.batch = 4;
     config.augment = None;
     let run = RunDir::new(dir.join("run"));
@@ -267,7 +267,7 @@ fn int8_keeps_the_accuracy_of_a_model_that_segments() {
     config.data.root = Some(data.clone());
     config.data.synthetic_train = 0;
     config.data.synthetic_val = 0;
-    config.epochs = 40;
+    config.epochs = Some(40);
     config.batch = 8;
     config.lr = 4e-3;
     let run = RunDir::new(dir.path().join("run"));

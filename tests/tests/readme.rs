@@ -341,3 +341,38 @@ fn commands_are_read_as_a_shell_would() {
     assert_eq!(words(&commands[0]), ["a", "--b", "c d", "e"]);
     assert_eq!(words("x \"\" y"), ["x", "", "y"]);
 }
+
+/// Every README `train` command runs for what it promises: one with a time
+/// budget has no `--epochs` cap that could end it early (the budget alone
+/// decides), one without states its epochs. Parsed, not run (a budget is
+/// minutes to hours).
+#[test]
+fn readme_training_commands_run_for_their_budget() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let trains: Vec<Vec<String>> = commands(&readme)
+        .iter()
+        .map(|c| words(c))
+        .filter(|w| w.iter().any(|a| a == "train"))
+        .collect();
+    assert!(trains.len() >= 2, "README train commands: {trains:?}");
+    for args in trains {
+        let has = |flag: &str| args.iter().any(|a| a == flag);
+        let budget = args
+            .iter()
+            .position(|a| a == "--time-limit")
+            .map(|i| args[i + 1].parse::<f64>().expect("--time-limit minutes"));
+        match budget {
+            Some(minutes) => {
+                assert!(minutes > 0.0, "{args:?}");
+                assert!(
+                    !has("--epochs"),
+                    "{args:?}: --epochs could end training before its {minutes}-minute budget"
+                );
+            }
+            None => assert!(
+                has("--epochs"),
+                "{args:?}: says neither a budget nor epochs"
+            ),
+        }
+    }
+}
