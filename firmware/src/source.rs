@@ -280,15 +280,23 @@ impl<R: Read + Send> FrameSource for MjpegSource<R> {
     }
 }
 
+/// File name extensions of the pictures edgeseg reads (the formats its
+/// `image` build decodes), in lower case.
+pub const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// Whether `path` names a picture edgeseg reads ([`IMAGE_EXTENSIONS`], any
+/// case).
+pub fn is_image_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
 /// The PNG and JPEG files directly in `dir`, sorted by name.
 pub fn image_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
-        })
+        .filter(|p| is_image_file(p))
         .collect();
     files.sort();
     Ok(files)

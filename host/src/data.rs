@@ -26,8 +26,6 @@ pub struct Sample {
     pub mask: GrayImage,
 }
 
-const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "bmp", "tif"];
-
 /// Image and label files of one split.
 #[derive(Clone, Debug)]
 pub struct FileSplit {
@@ -47,11 +45,7 @@ fn list_images(dir: &Path, hint: &str) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in entries {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(|e| e.to_ascii_lowercase());
-        if ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
+        if firmware::source::is_image_file(&path) {
             files.push(path);
         }
     }
@@ -753,6 +747,14 @@ impl Default for Normalize {
 }
 
 impl Normalize {
+    /// The board's normalisation with these statistics.
+    pub fn board(&self) -> firmware::frame::Normalization {
+        firmware::frame::Normalization {
+            mean: self.mean,
+            std: self.std,
+        }
+    }
+
     /// Writes `image` as planar CHW floats into `out` (3 * w * h values).
     pub fn apply(&self, image: &RgbImage, out: &mut [f32]) {
         let n = (image.width() * image.height()) as usize;
@@ -813,6 +815,25 @@ impl BatchPlan {
     pub fn out_size(&self) -> Size {
         self.crop.unwrap_or(self.size)
     }
+}
+
+/// `image` as the model sees it on the board: resized to `size` and
+/// normalised by the runtime's own [`firmware::frame::Preprocessor`] (area
+/// resampling when shrinking more than twice along both axes, bilinear
+/// otherwise), planar CHW into `out` (`3 * size.area()` values). Evaluation,
+/// prediction and quantisation all prepare pictures this way, so what they
+/// measure is what the board runs.
+pub fn board_input(image: &RgbImage, size: Size, normalize: &Normalize, out: &mut [f32]) {
+    let frame = firmware::frame::Frame::new(
+        firmware::frame::PixelFormat::Rgb8,
+        Size::new(image.width(), image.height()),
+        3 * image.width() as usize,
+        image.as_raw(),
+    )
+    .expect("an RGB image is a frame");
+    firmware::frame::Preprocessor::new()
+        .run(&frame, size, &normalize.board(), out)
+        .expect("a buffer of the model's input size");
 }
 
 /// Streams the batches of one pass over `source`, built by `plan.workers` threads
@@ -890,6 +911,18 @@ fn build_batch(
     for (k, &i) in indices.iter().enumerate() {
         let loaded = source.load(i)?;
         let native = plan.native_masks.then(|| loaded.mask.clone());
+        let out = &mut images[k * 3 * w * h..(k + 1) * 3 * w * h];
+        if plan.augment.is_none() && plan.crop.is_none() {
+            // Evaluation: the picture as the board prepares it.
+            board_input(&loaded.image, plan.size, &plan.normalize, out);
+            let mask = native.unwrap_or_else(|| {
+                let (mw, mh) = (plan.size.width, plan.size.height);
+                imageops::resize(&loaded.mask, mw, mh, imageops::FilterType::Nearest)
+            });
+            mask_sizes.push(Size::new(mask.width(), mask.height()));
+            masks.extend_from_slice(mask.as_raw());
+            continue;
+        }
         let mut sample = resize(&loaded, plan.size);
         let mut rng = Rng::new(hash3(
             plan.shuffle.unwrap_or(0),
@@ -902,10 +935,7 @@ fn build_batch(
         if let Some(aug) = &plan.augment {
             sample = augment(sample, aug, plan.void, &mut rng);
         }
-        plan.normalize.apply(
-            &sample.image,
-            &mut images[k * 3 * w * h..(k + 1) * 3 * w * h],
-        );
+        plan.normalize.apply(&sample.image, out);
         let mask = native.unwrap_or(sample.mask);
         mask_sizes.push(Size::new(mask.width(), mask.height()));
         masks.extend_from_slice(mask.as_raw());

@@ -8,15 +8,15 @@ use firmware::Size;
 use firmware::post::{colorize, overlay};
 use image::RgbImage;
 
-use crate::data::{Normalize, Source, resize};
+use crate::data::{Normalize, Source, board_input, resize};
 use crate::error::{Error, Result};
 use crate::inference::{predict, resize_mask};
 use crate::io::{write_gray_png, write_rgb_png};
 use crate::labels::LabelSpace;
 use crate::model::Model;
 
-/// Opacity of class colours over the picture in overlays.
-pub const OVERLAY_ALPHA: u8 = 130;
+/// Opacity of class colours over the picture in overlays: the board's.
+pub use firmware::sink::OVERLAY_ALPHA;
 
 /// A trained model with what it needs to segment pictures of any size.
 #[derive(Debug)]
@@ -47,15 +47,19 @@ impl Predictor {
         })
     }
 
+    /// The class mask of `image` at the model's size, prepared as the board
+    /// prepares it ([`crate::data::board_input`]).
+    pub fn mask(&self, image: &RgbImage) -> Vec<u8> {
+        let size = self.size;
+        let mut input = vec![0.0; 3 * size.area()];
+        board_input(image, size, &self.normalize, &mut input);
+        predict(&self.model, input, 1, size, &self.device)
+    }
+
     /// The class mask of `image`, at the image's own size.
     pub fn segment(&self, image: &RgbImage) -> Vec<u8> {
-        let size = self.size;
-        let filter = image::imageops::FilterType::Triangle;
-        let resized = image::imageops::resize(image, size.width, size.height, filter);
-        let mut input = vec![0.0; 3 * size.area()];
-        self.normalize.apply(&resized, &mut input);
-        let mask = predict(&self.model, input, 1, size, &self.device);
-        resize_mask(&mask, size, Size::new(image.width(), image.height()))
+        let mask = self.mask(image);
+        resize_mask(&mask, self.size, Size::new(image.width(), image.height()))
     }
 }
 

@@ -146,10 +146,8 @@ pub fn calibration_inputs(
 }
 
 fn normalized(img: &RgbImage, size: Size, normalize: &Normalize) -> Vec<f32> {
-    let filter = image::imageops::FilterType::Triangle;
-    let resized = image::imageops::resize(img, size.width, size.height, filter);
     let mut out = vec![0.0; 3 * size.area()];
-    normalize.apply(&resized, &mut out);
+    crate::data::board_input(img, size, normalize, &mut out);
     out
 }
 
