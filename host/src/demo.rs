@@ -12,13 +12,13 @@ use firmware::segmenter::Segmenter;
 use firmware::sink::{self, STAGES, Sink, StreamOptions, StreamSummary};
 use serde::Serialize;
 
+use crate::config::TrainConfig;
 use crate::data::{DataSpec, Source};
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
 use crate::model::ModelConfig;
 use crate::quantize::{QuantReport, QuantizeJob};
 use crate::run::{RunDir, Start};
-use crate::train::TrainConfig;
 
 /// What the demo does and where it writes.
 #[derive(Clone, Debug)]
@@ -193,7 +193,7 @@ pub fn run(options: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoRepor
     config.loss = crate::loss::LossConfig::parse("ce+1.0*dice").map_err(Error::Invalid)?;
     // Square-root median-frequency weights scored 0.504 against 0.463 without
     // weights in 10 minutes on synthetic scenes (BENCHMARKS.md, synth-h and synth-c).
-    config.class_weights = crate::train::ClassWeights::SqrtMedian;
+    config.class_weights = crate::config::ClassWeights::SqrtMedian;
     // Synthetic scenes already vary lighting, camera and layout; augmenting them
     // on top only slowed learning (0.604 without against 0.504 with, synth-k and
     // synth-h). Real pictures keep the augmentation.

@@ -30,6 +30,13 @@ pub fn resize_mask(mask: &[u8], from: Size, to: Size) -> Vec<u8> {
     imageops::resize(&img, to.width, to.height, imageops::FilterType::Nearest).into_raw()
 }
 
+/// The class mask of planar `logits`, with the runtime's tie rule.
+pub(crate) fn argmax(logits: &[f32], classes: usize) -> Vec<u8> {
+    let mut mask = vec![0; logits.len() / classes];
+    firmware::post::argmax(logits, classes, &mut mask).expect("logits of whole planes");
+    mask
+}
+
 /// Scores a batch's predictions against its masks, each at the mask's own size.
 pub fn score(batch: &Batch, predicted: &[u8], matrix: &mut ConfusionMatrix) {
     let plane = batch.size.area();

@@ -5,6 +5,7 @@
 //! - [`io`] writes files atomically (temporary file, then rename).
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod data;
 pub mod demo;
 pub mod error;

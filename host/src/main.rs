@@ -270,11 +270,11 @@ struct TrainArgs {
     #[arg(long, default_value_t = 1e-4)]
     weight_decay: f64,
     /// Optimiser.
-    #[arg(long, value_enum, default_value_t = host::train::OptimizerKind::Adamw)]
-    optimizer: host::train::OptimizerKind,
+    #[arg(long, value_enum, default_value_t = host::config::OptimizerKind::Adamw)]
+    optimizer: host::config::OptimizerKind,
     /// Learning-rate schedule.
-    #[arg(long, value_enum, default_value_t = host::train::Schedule::Cosine)]
-    schedule: host::train::Schedule,
+    #[arg(long, value_enum, default_value_t = host::config::Schedule::Cosine)]
+    schedule: host::config::Schedule,
     /// Loss: ce, bce, dice, focal, or a weighted sum such as `ce+0.5*dice`.
     #[arg(long, default_value = "ce")]
     loss: String,
@@ -359,7 +359,7 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
-    fn config(&self) -> anyhow::Result<host::train::TrainConfig> {
+    fn config(&self) -> anyhow::Result<host::config::TrainConfig> {
         use host::model::ModelConfig;
         let data = host::data::DataSpec {
             root: self.data.clone(),
@@ -383,7 +383,7 @@ impl TrainArgs {
             Arch::Linknet34 => ModelConfig::linknet(classes, 34, self.width),
         }
         .with_stem_skip(self.stem_skip);
-        let mut c = host::train::TrainConfig::new(model, self.size);
+        let mut c = host::config::TrainConfig::new(model, self.size);
         c.data = data;
         c.labels = labels;
         c.epochs = match (self.epochs, self.time_limit) {
@@ -399,10 +399,10 @@ impl TrainArgs {
         c.loss = host::loss::LossConfig::parse(&self.loss)
             .map_err(|e| anyhow::anyhow!("--loss: {e}"))?;
         c.class_weights = match self.class_weights.as_str() {
-            "none" => host::train::ClassWeights::None,
-            "median" => host::train::ClassWeights::Median,
-            "sqrt-median" => host::train::ClassWeights::SqrtMedian,
-            list => host::train::ClassWeights::Given(
+            "none" => host::config::ClassWeights::None,
+            "median" => host::config::ClassWeights::Median,
+            "sqrt-median" => host::config::ClassWeights::SqrtMedian,
+            list => host::config::ClassWeights::Given(
                 list.split(',')
                     .map(|w| w.trim().parse::<f32>())
                     .collect::<Result<_, _>>()

@@ -14,6 +14,7 @@ use model_export::quant::{QuantOptions, QuantSummary, quantize};
 
 use crate::data::{BatchPlan, DataSpec, Normalize, Source, batches};
 use crate::error::{Error, Result};
+use crate::inference::argmax;
 
 /// What to quantise and how.
 #[derive(Clone, Debug)]
@@ -149,13 +150,6 @@ fn normalized(img: &RgbImage, size: Size, normalize: &Normalize) -> Vec<f32> {
     let mut out = vec![0.0; 3 * size.area()];
     crate::data::board_input(img, size, normalize, &mut out);
     out
-}
-
-/// The class mask of planar `logits`, with the runtime's tie rule.
-pub(crate) fn argmax(logits: &[f32], classes: usize) -> Vec<u8> {
-    let mut mask = vec![0; logits.len() / classes];
-    firmware::post::argmax(logits, classes, &mut mask).expect("logits of whole planes");
-    mask
 }
 
 fn median_ms(engine: &mut Engine, input: &[f32], runs: usize) -> Result<f64> {

@@ -28,10 +28,10 @@ use burn::tensor::Bytes;
 use firmware::Size;
 use serde::{Deserialize, Serialize};
 
+use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
 use crate::model::Model;
-use crate::train::TrainConfig;
 
 /// How [`crate::train::train`] treats the run folder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
-//! Training: the configuration, the loop and its schedule. The run folder it
-//! writes, and how it stays consistent through a crash, is [`crate::run`].
+//! Training: the loop and the step benchmark. What it runs is
+//! [`crate::config`]; the run folder it writes, and how it stays consistent
+//! through a crash, is [`crate::run`].
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -12,222 +12,30 @@ use burn::prelude::*;
 use firmware::Size;
 use firmware::metrics::ConfusionMatrix;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
-use crate::data::{Augment, BatchPlan, DataSpec, Normalize, Source, batches};
+use crate::config::{ClassWeights, OptimizerKind, TrainConfig};
+use crate::data::{BatchPlan, Source, batches};
 use crate::error::{Error, Result};
 use crate::inference::{EvalPlan, evaluate};
-use crate::labels::LabelSpace;
 use crate::loss::{LossConfig, median_frequency_weights};
 use crate::model::{Model, ModelConfig};
 use crate::optim::FusedAdam;
 use crate::run::{EpochRecord, RunDir, RunState, Start, model_bytes};
 
-/// Optimiser.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /// Adam with L2 weight decay.
-    Adam,
-    /// Adam with decoupled weight decay.
-    Adamw,
-    /// SGD with Nesterov momentum 0.9.
-    Sgd,
-}
-
-/// Learning-rate schedule over all iterations of the run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    /// Half a cosine from the base rate to 1 percent of it.
-    Cosine,
-    /// `(1 - t)^0.9`, as in DeepLab.
-    Poly,
-    /// Divide by 10 at 60 and 85 percent of the run.
-    Step,
-    /// Keep the base rate.
-    Constant,
-}
-
-impl Schedule {
-    /// Learning rate at progress `t` in `[0, 1]`, after a linear warm-up over the
-    /// first `warmup` fraction.
-    pub fn rate(self, base: f64, t: f64, warmup: f64) -> f64 {
-        let t = t.clamp(0.0, 1.0);
-        let scale = match self {
-            Schedule::Cosine => 0.01 + 0.99 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()),
-            Schedule::Poly => (1.0 - t).powf(0.9).max(0.001),
-            Schedule::Step => {
-                if t < 0.6 {
-                    1.0
-                } else if t < 0.85 {
-                    0.1
-                } else {
-                    0.01
-                }
-            }
-            Schedule::Constant => 1.0,
-        };
-        let warm = if warmup > 0.0 {
-            ((t + 1e-9) / warmup).min(1.0)
-        } else {
-            1.0
-        };
-        base * scale * warm
-    }
-}
-
-/// How classes are weighted in cross-entropy and focal loss.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClassWeights {
-    /// All classes weigh 1.
-    None,
-    /// Median-frequency balancing computed from the training labels.
-    Median,
-    /// Square roots of the median-frequency weights: rare classes still count
-    /// more, but a class 1/20 as frequent weighs about 4.5, not 20, so the
-    /// network does not paint it over its neighbours early in training.
-    #[serde(rename = "sqrt-median")]
-    SqrtMedian,
-    /// Weights given by the user, one per class.
-    Given(Vec<f32>),
-}
-
-/// Everything a training run needs; saved as `config.json` in the run folder.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// The data: a dataset folder, or synthetic scenes.
-    pub data: DataSpec,
-    /// The classes of the data and the model.
-    pub labels: LabelSpace,
-    /// Architecture and its hyper-parameters.
-    pub model: ModelConfig,
-    /// Training (and model input) size.
-    pub size: Size,
-    /// Passes over the training set; `None`: as many as
-    /// [`TrainConfig::time_limit`] allows (which must then be given).
-    pub epochs: Option<usize>,
-    /// Images per step.
-    pub batch: usize,
-    /// Base learning rate.
-    pub lr: f64,
-    /// Weight decay.
-    pub weight_decay: f64,
-    /// Optimiser.
-    pub optimizer: OptimizerKind,
-    /// Learning-rate schedule.
-    pub schedule: Schedule,
-    /// Fraction of the run spent warming the learning rate up linearly.
-    pub warmup: f64,
-    /// Loss terms.
-    pub loss: LossConfig,
-    /// Class weighting.
-    pub class_weights: ClassWeights,
-    /// Augmentation of training samples (`None`: none).
-    pub augment: Option<Augment>,
-    /// Input normalisation.
-    pub normalize: Normalize,
-    /// Seed of initialisation, shuffling, augmentation and synthetic scenes.
-    pub seed: u64,
-    /// Stop after this many epochs without a better validation mIoU.
-    pub patience: Option<usize>,
-    /// Loader threads.
-    pub workers: usize,
-    /// Wall-clock budget in seconds (training and validation, over resumes).
-    /// When set, the schedule runs on elapsed time and the run ends with the
-    /// epoch in which the budget ran out; `epochs` is then an upper bound.
-    #[serde(default)]
-    pub time_limit: Option<f64>,
-    /// ImageNet ResNet weights (torchvision `.pth` or safetensors) that start
-    /// LinkNet's encoder; read once when the run starts.
-    #[serde(default)]
-    pub encoder_weights: Option<PathBuf>,
-    /// Train on random windows of this size cut from the `size` samples;
-    /// validation and the exported model still see whole `size` images.
-    #[serde(default)]
-    pub crop: Option<Size>,
-    /// Progressive resizing: epochs that start within this fraction of the run
-    /// (of the time budget when one is set, else of the steps) train on
-    /// samples at half `size` on each side, four times cheaper per step, so
-    /// the early, coarse learning takes less of the budget. Validation always
-    /// runs at `size`. 0 trains at `size` throughout.
-    #[serde(default)]
-    pub progressive: f64,
-}
-
-impl TrainConfig {
-    /// Defaults for `model` at `size`: the settings that work on synthetic scenes.
-    pub fn new(model: ModelConfig, size: Size) -> TrainConfig {
-        TrainConfig {
-            data: DataSpec {
-                root: None,
-                val_fraction: 0.2,
-                synthetic_train: 400,
-                synthetic_val: 50,
-                seed: 0,
-                val_sequences: Vec::new(),
-            },
-            labels: LabelSpace::camvid(),
-            model,
-            size,
-            epochs: Some(10),
-            batch: 8,
-            lr: 2e-3,
-            weight_decay: 1e-4,
-            optimizer: OptimizerKind::Adamw,
-            schedule: Schedule::Cosine,
-            warmup: 0.03,
-            loss: LossConfig::default(),
-            class_weights: ClassWeights::None,
-            augment: Some(Augment::default()),
-            normalize: Normalize::default(),
-            seed: 0,
-            patience: None,
-            workers: 2,
-            time_limit: None,
-            encoder_weights: None,
-            crop: None,
-            progressive: 0.0,
-        }
-    }
-
-    fn sources(&self) -> Result<(Source, Source)> {
-        let train = Source::open(&self.data, "train", self.size)?;
-        let val = Source::open(&self.data, "val", self.size)?;
-        for source in [&train, &val] {
-            if source.labels() != self.labels {
-                return Err(Error::Invalid(format!(
-                    "the data's classes ({}) differ from the run's ({})",
-                    source.labels().names.join(", "),
-                    self.labels.names.join(", ")
-                )));
-            }
-        }
-        if self.model.num_classes() != self.labels.num_classes() {
-            return Err(Error::Invalid(format!(
-                "the model has {} outputs but the data has {} classes",
-                self.model.num_classes(),
-                self.labels.num_classes()
-            )));
-        }
-        Ok((train, val))
-    }
-
-    fn optimizer(&self) -> ModuleOptimizer {
-        let wd = self.weight_decay as f32;
-        match self.optimizer {
-            OptimizerKind::Adam => FusedAdam::adam(wd).init(),
-            OptimizerKind::Adamw => FusedAdam::adamw(wd).init(),
-            OptimizerKind::Sgd => SgdConfig::new()
-                .with_weight_decay((wd > 0.0).then(|| WeightDecayConfig::new(wd)))
-                .with_momentum(Some(MomentumConfig {
-                    momentum: 0.9,
-                    dampening: 0.0,
-                    nesterov: true,
-                }))
-                .init(),
-        }
+/// The optimiser `config` asks for.
+fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
+    let wd = config.weight_decay as f32;
+    match config.optimizer {
+        OptimizerKind::Adam => FusedAdam::adam(wd).init(),
+        OptimizerKind::Adamw => FusedAdam::adamw(wd).init(),
+        OptimizerKind::Sgd => SgdConfig::new()
+            .with_weight_decay((wd > 0.0).then(|| WeightDecayConfig::new(wd)))
+            .with_momentum(Some(MomentumConfig {
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: true,
+            }))
+            .init(),
     }
 }
 
@@ -337,13 +145,12 @@ pub fn train(
                 run.path.display()
             ));
             let model = initial_model(&config, &device, &mut log)?;
-            let optim = config.optimizer();
+            let optim = optimizer(&config);
             (config, state, model, optim)
         } else {
             let model = run.load_model("last.bpk", &device)?;
             let optim_path = run.optimizer_path(&state);
-            let optim = config
-                .optimizer()
+            let optim = optimizer(&config)
                 .load(&optim_path)
                 .map_err(|e| Error::BadFile {
                     path: optim_path.clone(),
@@ -384,7 +191,7 @@ pub fn train(
             config.clone(),
             RunState::default(),
             model,
-            config.optimizer(),
+            optimizer(config),
         )
     };
     let (train_source, val_source) = config.sources()?;
@@ -646,17 +453,6 @@ pub fn bench_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn schedules_start_at_base_and_decay() {
-        for s in [Schedule::Cosine, Schedule::Poly, Schedule::Step] {
-            assert!((s.rate(1.0, 0.0, 0.0) - 1.0).abs() < 1e-9, "{s:?}");
-            assert!(s.rate(1.0, 1.0, 0.0) < 0.02, "{s:?}");
-            assert!(s.rate(1.0, 0.5, 0.0) <= 1.0);
-        }
-        assert_eq!(Schedule::Constant.rate(0.1, 0.7, 0.0), 0.1);
-        assert!(Schedule::Cosine.rate(1.0, 0.01, 0.1) < 0.2, "warm-up");
-    }
 
     fn tiny(dir: &std::path::Path, epochs: usize) -> (TrainConfig, RunDir) {
         let model = ModelConfig::Unet {

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use firmware::Size;
 use firmware::sink::Sink;
+use host::config::TrainConfig;
 use host::model::ModelConfig;
 use host::run::{RunDir, Start};
-use host::train::{TrainConfig, train};
+use host::train::train;
 
 /// Where the tests expect CamVid (relative to the workspace root).
 const CAMVID: &str = "../shared/datasets/camvid";

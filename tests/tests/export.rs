@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use firmware::engine::Engine;
+use host::config::TrainConfig;
 use host::model::ModelConfig;
 use host::run::{RunDir, Start};
-use host::train::{TrainConfig, train};
+use host::train::train;
 
 /// The Python interpreter with `onnx` and `onnxruntime`: `EDGESEG_PYTHON`, or
 /// the environment `bench/setup-python.sh` creates.

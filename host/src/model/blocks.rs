@@ -6,7 +6,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use model_export::{Graph, graph::Value};
 
-use crate::export::{self, GraphResult};
+use crate::model::onnx::{self, GraphResult};
 
 /// Convolution without bias (the batch norm that follows has one), then batch norm and ReLU.
 #[derive(Module, Debug)]
@@ -44,13 +44,13 @@ impl ConvBnRelu {
     /// Adds [`ConvBnRelu::forward`] to `g`.
     pub fn export(&self, g: &mut Graph, name: &str, x: Value) -> GraphResult<Value> {
         let x = self.export_linear(g, name, x)?;
-        export::relu(g, &format!("{name}.relu"), x)
+        onnx::relu(g, &format!("{name}.relu"), x)
     }
 
     /// Adds [`ConvBnRelu::forward_linear`] to `g`.
     pub fn export_linear(&self, g: &mut Graph, name: &str, x: Value) -> GraphResult<Value> {
-        let x = export::conv(g, &format!("{name}.conv"), &self.conv, x)?;
-        export::batch_norm(g, &format!("{name}.bn"), &self.bn, x)
+        let x = onnx::conv(g, &format!("{name}.conv"), &self.conv, x)?;
+        onnx::batch_norm(g, &format!("{name}.bn"), &self.bn, x)
     }
 }
 
@@ -80,9 +80,9 @@ impl UpBnRelu {
 
     /// Adds [`UpBnRelu::forward`] to `g`.
     pub fn export(&self, g: &mut Graph, name: &str, x: Value) -> GraphResult<Value> {
-        let x = export::conv_transpose(g, &format!("{name}.conv"), &self.conv, x)?;
-        let x = export::batch_norm(g, &format!("{name}.bn"), &self.bn, x)?;
-        export::relu(g, &format!("{name}.relu"), x)
+        let x = onnx::conv_transpose(g, &format!("{name}.conv"), &self.conv, x)?;
+        let x = onnx::batch_norm(g, &format!("{name}.bn"), &self.bn, x)?;
+        onnx::relu(g, &format!("{name}.relu"), x)
     }
 }
 

@@ -16,7 +16,7 @@ use burn::tensor::activation::relu;
 use model_export::{Graph, Op, graph::Value};
 
 use super::blocks::{ConvBnRelu, UpBnRelu, crop, pad_to_multiple, up2};
-use crate::export::{self, GraphResult};
+use crate::model::onnx::{self, GraphResult};
 
 /// LinkNet hyper-parameters; saved beside the weights so the model can be rebuilt.
 #[derive(Config, Debug, PartialEq)]
@@ -129,7 +129,7 @@ impl BasicBlock {
         let y = self.conv1.export(g, &format!("{name}.conv1"), x)?;
         let y = self.conv2.export_linear(g, &format!("{name}.conv2"), y)?;
         let sum = g.add(format!("{name}.add"), Op::Add, &[y, shortcut])?;
-        export::relu(g, &format!("{name}.relu"), sum)
+        onnx::relu(g, &format!("{name}.relu"), sum)
     }
 }
 
@@ -232,9 +232,9 @@ impl LinkNet {
 
     /// Adds [`LinkNet::forward`] to `g`, reading the graph's input.
     pub fn export(&self, g: &mut Graph) -> GraphResult<Value> {
-        let (x, size) = export::pad_input(g, Self::STRIDE)?;
+        let (x, size) = onnx::pad_input(g, Self::STRIDE)?;
         let stem = self.stem.export(g, "stem", x)?;
-        let mut x = export::max_pool(g, "stem.pool", &self.pool, stem)?;
+        let mut x = onnx::max_pool(g, "stem.pool", &self.pool, stem)?;
         let mut encoded = Vec::with_capacity(4);
         for (i, stage) in self.stages.iter().enumerate() {
             for (j, block) in stage.iter().enumerate() {
@@ -253,7 +253,7 @@ impl LinkNet {
             x = g.add("stem_skip.add", Op::Add, &[x, s])?;
         }
         let x = self.final_conv.export(g, "final_conv", x)?;
-        let x = export::conv_transpose(g, "classifier", &self.classifier, x)?;
-        export::crop_output(g, x, size)
+        let x = onnx::conv_transpose(g, "classifier", &self.classifier, x)?;
+        onnx::crop_output(g, x, size)
     }
 }

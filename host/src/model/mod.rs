@@ -3,6 +3,7 @@
 
 pub mod blocks;
 pub mod linknet;
+pub mod onnx;
 pub mod pretrained;
 pub mod unet;
 

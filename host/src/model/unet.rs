@@ -14,7 +14,7 @@ use burn::prelude::*;
 use model_export::{Graph, Op, graph::Value};
 
 use super::blocks::{ConvBnRelu, crop, pad_to_multiple, up2};
-use crate::export::{self, GraphResult};
+use crate::model::onnx::{self, GraphResult};
 
 /// U-Net hyper-parameters; saved beside the weights so the model can be rebuilt.
 #[derive(Config, Debug, PartialEq)]
@@ -80,10 +80,10 @@ impl UpLevel {
 
     fn export(&self, g: &mut Graph, name: &str, x: Value, skip: Value) -> GraphResult<Value> {
         let x = match (&self.up, &self.resize, &self.reduce) {
-            (Some(up), _, _) => export::conv_transpose(g, &format!("{name}.up"), up, x)?,
+            (Some(up), _, _) => onnx::conv_transpose(g, &format!("{name}.up"), up, x)?,
             (None, Some(resize), Some(reduce)) => {
-                let x = export::interpolate(g, &format!("{name}.resize"), resize, x)?;
-                export::conv(g, &format!("{name}.reduce"), reduce, x)?
+                let x = onnx::interpolate(g, &format!("{name}.resize"), resize, x)?;
+                onnx::conv(g, &format!("{name}.reduce"), reduce, x)?
             }
             _ => unreachable!("an up level has a transposed convolution or a resize"),
         };
@@ -173,11 +173,11 @@ impl UNet {
 
     /// Adds [`UNet::forward`] to `g`, reading the graph's input.
     pub fn export(&self, g: &mut Graph) -> GraphResult<Value> {
-        let (mut x, size) = export::pad_input(g, self.stride())?;
+        let (mut x, size) = onnx::pad_input(g, self.stride())?;
         let mut skips = Vec::with_capacity(self.down.len());
         for (i, level) in self.down.iter().enumerate() {
             if i > 0 {
-                x = export::max_pool(g, &format!("down{i}.pool"), &self.pool, x)?;
+                x = onnx::max_pool(g, &format!("down{i}.pool"), &self.pool, x)?;
             }
             x = level.export(g, &format!("down{i}"), x)?;
             skips.push(x);
@@ -187,7 +187,7 @@ impl UNet {
             let skip = skips.pop().expect("one skip per level");
             x = level.export(g, &format!("up{i}"), x, skip)?;
         }
-        let x = export::conv(g, "head", &self.head, x)?;
-        export::crop_output(g, x, size)
+        let x = onnx::conv(g, "head", &self.head, x)?;
+        onnx::crop_output(g, x, size)
     }
 }
