@@ -244,12 +244,7 @@ pub fn run(options: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoRepor
     let nnef_path = out.join("model.nnef.tgz");
     log("[3/5] exporting model.onnx, model.nnef.tgz and model.int8.onnx");
     let export = crate::export::export_run(&run_dir, "best.bpk", None, &float_path, 4)?;
-    if export.agreement.argmax_agreement < 0.999 {
-        return Err(Error::Invalid(format!(
-            "tract agrees with Burn on only {:.3}% of pixels",
-            100.0 * export.agreement.argmax_agreement
-        )));
-    }
+    export.agreement.check()?;
     let nnef_bytes = model_export::nnef::write_nnef(&float_path, &nnef_path)
         .map_err(|e| Error::Invalid(e.to_string()))?;
     let quant = crate::quantize::quantize_file(&QuantizeJob {

@@ -55,6 +55,15 @@ pub enum Error {
         /// What is wrong with it.
         what: String,
     },
+    /// An exported file whose masks in tract differ from Burn's.
+    #[error(
+        "tract agrees with Burn on only {:.3}% of pixels; the export is wrong",
+        100.0 * agreement
+    )]
+    Disagreement {
+        /// Share of pixels on which the masks agreed.
+        agreement: f64,
+    },
     /// The synthetic generator refused its arguments.
     #[error("synthetic scene: {0}")]
     Synth(#[from] firmware::Error),

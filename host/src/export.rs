@@ -19,6 +19,10 @@ use crate::model::Model;
 use crate::model::onnx::values;
 use crate::run::RunDir;
 
+/// Share of pixels on which tract's masks from an exported file must equal
+/// Burn's for the export to count as right.
+pub const MIN_AGREEMENT: f64 = 0.999;
+
 /// How an exported file compares with the Burn model it came from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Agreement {
@@ -28,6 +32,19 @@ pub struct Agreement {
     pub max_abs_diff: f32,
     /// Share of pixels whose argmax class is the same.
     pub argmax_agreement: f64,
+}
+
+impl Agreement {
+    /// An error unless tract's masks equal Burn's on at least
+    /// [`MIN_AGREEMENT`] of the pixels compared (none compared passes).
+    pub fn check(&self) -> Result<()> {
+        if self.images > 0 && self.argmax_agreement < MIN_AGREEMENT {
+            return Err(Error::Disagreement {
+                agreement: self.argmax_agreement,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Compares tract's logits on the ONNX model `onnx` with Burn's `model` on the
@@ -159,6 +176,22 @@ pub fn validation_inputs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agreement_below_the_bound_is_an_error_that_says_so() {
+        let at = |argmax_agreement, images| Agreement {
+            images,
+            max_abs_diff: 0.0,
+            argmax_agreement,
+        };
+        assert!(at(0.9995, 4).check().is_ok());
+        assert!(at(0.5, 0).check().is_ok(), "nothing compared");
+        let err = at(0.998, 4).check().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "tract agrees with Burn on only 99.800% of pixels; the export is wrong"
+        );
+    }
     use crate::model::ModelConfig;
 
     /// A model with non-trivial batch-norm statistics: a few training-mode passes
@@ -215,7 +248,7 @@ mod tests {
             let bytes = prost::Message::encode_to_vec(&model_export::onnx::to_model(g, &info));
             let agreement = compare(&model, &bytes, &inputs(size, 2), size).unwrap();
             assert!(
-                agreement.max_abs_diff < 2e-3 && agreement.argmax_agreement > 0.999,
+                agreement.max_abs_diff < 2e-3 && agreement.argmax_agreement > MIN_AGREEMENT,
                 "{}: {agreement:?}",
                 config.name()
             );
