@@ -201,8 +201,16 @@ fn check_lines(stdout: &str, frames: usize) {
             "output",
             "total",
         ] {
-            assert!(l["latency_ms"][stage].as_f64().unwrap() >= 0.0, "{l}");
+            let ms = l["latency_ms"][stage].as_f64().unwrap();
+            assert!(ms.is_finite() && ms >= 0.0, "{l}");
         }
+        // The frame's whole latency covers the stages it went through.
+        let stage = |s: &str| l["latency_ms"][s].as_f64().unwrap();
+        assert!(
+            stage("total") >= stage("preprocess") + stage("inference") + stage("postprocess"),
+            "{l}"
+        );
+        assert!(stage("inference") > 0.0, "inference was timed: {l}");
         let (red, blue) = (
             l["fractions"]["red"].as_f64().unwrap(),
             l["fractions"]["blue"].as_f64().unwrap(),

