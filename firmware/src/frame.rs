@@ -761,16 +761,7 @@ mod tests {
     /// last row's half pair.
     #[test]
     fn odd_widths_read_inside_the_frame_at_the_shortest_stride() {
-        let formats = [
-            PixelFormat::Rgb8,
-            PixelFormat::Bgr8,
-            PixelFormat::Rgba8,
-            PixelFormat::Gray8,
-            PixelFormat::I420,
-            PixelFormat::Nv12,
-            PixelFormat::Yuyv,
-        ];
-        for format in formats {
+        for format in ALL {
             for (w, h) in [(1, 1), (7, 2), (5, 3), (3, 1)] {
                 let size = Size::new(w, h);
                 let stride = format.min_stride(w);

@@ -205,8 +205,7 @@ fn train_then_eval_writes_the_run_and_the_report() {
     assert_eq!(report["scored"], "the val split of synthetic scenes");
     assert_eq!(report["confusion"].as_array().unwrap().len(), 11);
     // The eval mIoU is the one training recorded for its best epoch.
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
+    let state: serde_json::Value = run_state(&run);
     let (a, b) = (
         report["miou"].as_f64().unwrap(),
         state["best_miou"].as_f64().unwrap(),
@@ -412,6 +411,11 @@ fn tiny_train(out: &Path, epochs: usize, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// The run folder's `state.json`.
+fn run_state(run: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap()
+}
+
 fn run_files(run: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<_> = std::fs::read_dir(run)
         .unwrap()
@@ -513,8 +517,7 @@ fn train_never_overwrites_a_run_by_accident() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
+    let state: serde_json::Value = run_state(&run);
     assert_eq!(state["epochs_done"], 1);
 }
 
@@ -541,8 +544,7 @@ fn killed_training_resumes_exactly() {
     );
     let whole = t.elapsed();
     let history = |run: &Path| -> Vec<(u64, f64)> {
-        let state: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
+        let state: serde_json::Value = run_state(run);
         state["history"]
             .as_array()
             .unwrap()
@@ -597,8 +599,7 @@ fn killed_training_resumes_exactly() {
             continue;
         }
         {
-            let state: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
+            let state: serde_json::Value = run_state(&run);
             if let Some(c) = state["checkpoints"].as_object() {
                 for f in c.values() {
                     assert!(run.join(f.as_str().unwrap()).is_file(), "{f} missing");
@@ -644,8 +645,7 @@ fn a_time_limit_without_epochs_trains_until_the_budget() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
+    let state: serde_json::Value = run_state(&run);
     let epochs = state["epochs_done"].as_u64().unwrap();
     // The budget is 15 s; an epoch of 8 scenes at 40x32 takes well under one.
     assert!(epochs > 10, "{epochs} epochs in {:?}", started.elapsed());

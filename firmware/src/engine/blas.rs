@@ -41,40 +41,14 @@ pub(super) fn split_work<T: Send>(executor: &Executor, items: Vec<T>, work: impl
 
 /// `c (m x n) = a (m x k) @ b (k x n)`, all row-major and contiguous.
 pub(super) fn matmul([m, n, k]: [usize; 3], c: &mut [f32], a: &[f32], b: &[f32]) {
-    matmul_strided([m, n, k], c, n, a, k, b, n);
+    matmul_strided([m, n, k], c, n, a, k, b, n, false);
 }
 
-/// `c (m x n) = a (m x k) @ b (k x n)`, row-major with row strides `ldc`,
-/// `lda` and `ldb` (at least the row lengths).
-pub(super) fn matmul_strided(
-    [m, n, k]: [usize; 3],
-    c: &mut [f32],
-    ldc: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-) {
-    product([m, n, k], c, ldc, a, lda, b, ldb, false);
-}
-
-/// `c (m x n) += a (m x k) @ b (k x n)`, row-major with row strides `ldc`,
-/// `lda` and `ldb` (at least the row lengths).
-pub(super) fn matmul_accumulate(
-    [m, n, k]: [usize; 3],
-    c: &mut [f32],
-    ldc: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-) {
-    product([m, n, k], c, ldc, a, lda, b, ldb, true);
-}
-
-/// `c = a @ b`, or `c += a @ b` when `accumulate`.
+/// `c (m x n) = a (m x k) @ b (k x n)`, or `c += a @ b` when `accumulate`,
+/// row-major with row strides `ldc`, `lda` and `ldb` (at least the row
+/// lengths).
 #[allow(clippy::too_many_arguments)]
-fn product(
+pub(super) fn matmul_strided(
     [m, n, k]: [usize; 3],
     c: &mut [f32],
     ldc: usize,
@@ -119,4 +93,13 @@ fn product(
             gemm::Parallelism::None,
         );
     }
+}
+
+/// The first `len` values of the thread-local scratch `buf`, grown when it
+/// is shorter (its contents are whatever the last call left).
+pub(super) fn scratch(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
 }

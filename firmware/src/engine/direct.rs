@@ -24,7 +24,7 @@ use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::cnn::conv::KernelFormat;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::blas::split_work;
+use super::blas::{scratch, split_work, threads};
 use super::graph::{ConvConstants, eval_images, replace};
 
 /// Input channels up to which convolutions run here: beyond, tract's im2col
@@ -146,35 +146,37 @@ impl DirectConv {
         if ho == 0 || wo == 0 {
             return;
         }
-        // Each output row, with its row of every output plane.
-        let mut rows: Vec<Vec<&mut [f32]>> = (0..ho).map(|_| Vec::new()).collect();
+        // Blocks of consecutive output rows, one per thread: block b writes
+        // rows step * b.. of every plane.
+        let step = ho.div_ceil(threads(&current_tract_executor()));
+        let mut blocks: Vec<Vec<&mut [f32]>> = (0..ho.div_ceil(step)).map(|_| Vec::new()).collect();
         for plane in out.chunks_exact_mut(ho * wo) {
-            for (y, row) in plane.chunks_exact_mut(wo).enumerate() {
-                rows[y].push(row);
+            for (b, chunk) in plane.chunks_mut(step * wo).enumerate() {
+                blocks[b].push(chunk);
             }
         }
-        split_work(
-            &current_tract_executor(),
-            rows.into_iter().enumerate().collect(),
-            |(y, mut row)| {
-                SCRATCH.with_borrow_mut(|buf| {
-                    let need = self.ins * self.kernel[0] * self.padded_width() + LANES * wo;
-                    if buf.len() < need {
-                        buf.resize(need, 0.0);
-                    }
-                    let (window, acc) = buf[..need].split_at_mut(need - LANES * wo);
-                    self.row(input, y, window, acc, &mut row);
-                })
-            },
-        );
+        let work: Vec<_> = blocks.into_iter().enumerate().collect();
+        split_work(&current_tract_executor(), work, |(b, mut planes)| {
+            SCRATCH.with_borrow_mut(|buf| {
+                let window = self.ins * self.kernel[0] * self.padded_width();
+                let buf = scratch(buf, window + LANES * wo);
+                let (window, acc) = buf.split_at_mut(window);
+                let rows = planes[0].len() / wo;
+                for local in 0..rows {
+                    self.row(input, b * step + local, local, window, acc, &mut planes);
+                }
+            })
+        });
     }
 
-    /// Output row `y` of every plane (`planes`); `window` holds the padded
-    /// input rows under it, `acc` one group's outputs along the row.
+    /// Output row `y` of every plane, row `local` of `planes`; `window`
+    /// holds the padded input rows under it, `acc` one group's outputs along
+    /// the row.
     fn row(
         &self,
         input: &[f32],
         y: usize,
+        local: usize,
         window: &mut [f32],
         acc: &mut [f32],
         planes: &mut [&mut [f32]],
@@ -208,7 +210,7 @@ impl DirectConv {
             for lane in 0..lanes {
                 let o = g * LANES + lane;
                 let bias = self.bias[o];
-                for (x, dst) in planes[o].iter_mut().enumerate() {
+                for (x, dst) in planes[o][local * wo..][..wo].iter_mut().enumerate() {
                     let v = acc[x * LANES + lane] + bias;
                     *dst = if v > floor { v } else { floor };
                 }

@@ -19,7 +19,7 @@ use tract_onnx::tract_core::ops::cnn::conv::KernelFormat;
 use tract_onnx::tract_core::ops::cnn::{Conv, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::blas::{matmul_accumulate, split_work, threads};
+use super::blas::{matmul_strided, split_work, threads};
 use super::graph::{ConvConstants, eval_images, replace, sole_relu_after};
 
 /// Pixels per column block when the channels are few; blocks shrink so that
@@ -99,7 +99,7 @@ impl Pointwise {
             for &b in self.bias.iter() {
                 c.extend(std::iter::repeat_n(b, n));
             }
-            matmul_accumulate(
+            matmul_strided(
                 [self.outs, n, self.ins],
                 c,
                 n,
@@ -107,6 +107,7 @@ impl Pointwise {
                 self.ins,
                 &input[start..],
                 pixels,
+                true,
             );
             for (plane, row) in planes.iter_mut().zip(c.chunks_exact(n)) {
                 if self.relu {

@@ -15,7 +15,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::MaxPool;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::blas::split_work;
+use super::blas::{scratch, split_work};
 
 /// 2-D max pooling of an `NCHW` f32 input of a fixed size.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -59,10 +59,7 @@ impl RowMaxPool {
         let width = self.padded_width();
         split_work(&current_tract_executor(), planes, |(src, dst)| {
             SCRATCH.with_borrow_mut(|buf| {
-                if buf.len() < 2 * width {
-                    buf.resize(2 * width, 0.0);
-                }
-                let (row, full) = buf[..2 * width].split_at_mut(width);
+                let (row, full) = scratch(buf, 2 * width).split_at_mut(width);
                 self.plane(src, dst, row, full);
             })
         });

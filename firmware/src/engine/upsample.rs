@@ -26,7 +26,7 @@ use tract_onnx::tract_core::ops::cnn::conv::KernelFormat;
 use tract_onnx::tract_core::ops::cnn::{Deconv, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::blas::{matmul_strided, split_work};
+use super::blas::{matmul_strided, scratch, split_work};
 use super::graph::{ConvConstants, eval_images, replace};
 
 /// Elements of a block's taps and input rows worked through at once: about
@@ -46,6 +46,9 @@ pub struct Upsample2 {
     k: usize,
     /// Padding before the image, on both axes.
     pad: usize,
+    /// For output row (or column) parity 0 and 1: the kernel rows (or
+    /// columns) it takes, each with its input offset ([`parity_taps`]).
+    parity_taps: [Vec<(usize, isize)>; 2],
     relu: bool,
 }
 
@@ -86,6 +89,7 @@ impl Upsample2 {
             outs,
             k,
             pad,
+            parity_taps: [parity_taps(k, pad, 0), parity_taps(k, pad, 1)],
             relu: false,
         }
     }
@@ -94,17 +98,6 @@ impl Upsample2 {
     pub fn with_relu(mut self) -> Self {
         self.relu = true;
         self
-    }
-
-    /// The kernel rows (or columns) output row (or column) parity `d` takes,
-    /// each with the offset of its input row from `y` for output `2y + d`.
-    fn row_taps(&self, d: usize) -> Vec<(usize, isize)> {
-        (0..self.k)
-            .filter_map(|ky| {
-                let t = (d + self.pad) as isize - ky as isize;
-                (t.rem_euclid(2) == 0).then_some((ky, t.div_euclid(2)))
-            })
-            .collect()
     }
 
     /// Convolves one image `input` (`ins` planes of `h x w`) into `out`
@@ -133,9 +126,8 @@ impl Upsample2 {
             .enumerate()
             .map(|(b, planes)| (b * step..((b + 1) * step).min(h), planes))
             .collect();
-        let taps = [self.row_taps(0), self.row_taps(1)];
         split_work(&executor, work, |(rows, mut planes)| {
-            self.block(input, [h, w], &taps, rows, &mut planes)
+            self.block(input, [h, w], rows, &mut planes)
         });
     }
 
@@ -144,10 +136,10 @@ impl Upsample2 {
         &self,
         input: &[f32],
         [h, w]: [usize; 2],
-        taps: &[Vec<(usize, isize)>; 2],
         rows: Range<usize>,
         planes: &mut [&mut [f32]],
     ) {
+        let taps = &self.parity_taps;
         let offsets = taps.iter().flatten().map(|t| t.1);
         let (low, high) = offsets.fold((0, 0), |(l, h), o| (o.min(l), o.max(h)));
         let first = (rows.start as isize + low).max(0) as usize;
@@ -155,12 +147,9 @@ impl Upsample2 {
         let n = (last - first) * w;
         let kk = self.k * self.k;
         SCRATCH.with_borrow_mut(|buf| {
-            let need = kk * self.outs * n + 4 * w;
-            if buf.len() < need {
-                buf.resize(need, 0.0);
-            }
+            let buf = scratch(buf, kk * self.outs * n + 2 * w);
             let (c, rest) = buf.split_at_mut(kk * self.outs * n);
-            let (even, odd) = rest[..2 * w].split_at_mut(w);
+            let (even, odd) = rest.split_at_mut(w);
             matmul_strided(
                 [kk * self.outs, n, self.ins],
                 c,
@@ -169,6 +158,7 @@ impl Upsample2 {
                 self.ins,
                 &input[first * w..],
                 h * w,
+                false,
             );
             let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
             for (o, plane) in planes.iter_mut().enumerate() {
@@ -208,6 +198,18 @@ impl Upsample2 {
             }
         })
     }
+}
+
+/// The kernel rows (or columns) of a `k`-tap kernel with `pad` before the
+/// image that output row (or column) parity `d` takes, each with the offset
+/// of its input row from `y` for output `2y + d`.
+fn parity_taps(k: usize, pad: usize, d: usize) -> Vec<(usize, isize)> {
+    (0..k)
+        .filter_map(|ky| {
+            let t = (d + pad) as isize - ky as isize;
+            (t.rem_euclid(2) == 0).then_some((ky, t.div_euclid(2)))
+        })
+        .collect()
 }
 
 thread_local! {

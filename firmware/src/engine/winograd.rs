@@ -28,7 +28,7 @@ use tract_onnx::tract_core::ops::cnn::conv::KernelFormat;
 use tract_onnx::tract_core::ops::cnn::{Conv, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::blas::{matmul, split_work, threads};
+use super::blas::{matmul, scratch, split_work, threads};
 use super::graph::{ConvConstants, eval_images, replace};
 
 /// Channels needed on both sides: each of the 16 products contracts over the
@@ -117,15 +117,12 @@ impl Winograd {
         let (ins, outs) = (self.ins, self.outs);
         let len = rows.len() * t.cols;
         SCRATCH.with_borrow_mut(|buf| {
-            let need = 16 * (ins + outs) * len + 16 * (t.cols + 1);
-            if buf.len() < need {
-                buf.resize(need, 0.0);
-            }
+            let buf = scratch(buf, 16 * (ins + outs) * len + 16 * (t.cols + 1));
             // v is [16][ins][len], m is [16][outs][len]: each product reads
             // and writes contiguous rows.
             let (v, rest) = buf.split_at_mut(16 * ins * len);
             let (m, rest) = rest.split_at_mut(16 * outs * len);
-            let row_buf = &mut rest[..16 * (t.cols + 1)];
+            let row_buf = rest;
             for (c, plane) in input.chunks_exact(t.plane()).enumerate() {
                 let mut runs = v.chunks_exact_mut(ins * len);
                 let mut v_c: [&mut [f32]; 16] = core::array::from_fn(|_| {
