@@ -181,9 +181,9 @@ pub enum PipelineError {
     /// The model failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
-    /// The output stage failed.
-    #[error("output: {0}")]
-    Output(String),
+    /// The output stage failed; its error is the source.
+    #[error("output")]
+    Output(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Totals of a finished run.
@@ -218,15 +218,18 @@ fn close_all<T>(queues: &[Arc<DropOldest<T>>]) {
 /// the frames already captured go through; a source that does not deliver
 /// its frame within `drain` (a read that blocks) is abandoned, so the run
 /// always ends within `drain` plus the time to segment what is queued.
-pub fn run(
+pub fn run<E>(
     mut source: Box<dyn FrameSource>,
     segmenters: Vec<Segmenter>,
     limit: u64,
     depth: usize,
     stop: &Stop,
     drain: Duration,
-    mut output: impl FnMut(&Segmented) -> Result<(), String>,
-) -> Result<RunTotals, PipelineError> {
+    mut output: impl FnMut(&Segmented) -> Result<(), E>,
+) -> Result<RunTotals, PipelineError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     assert!(!segmenters.is_empty(), "at least one segmenter");
     let workers = segmenters.len();
     let counters = Arc::new(Counters::default());
@@ -376,7 +379,7 @@ pub fn run(
         let Some((_, i)) = next else { break };
         let item = heads[i].take().expect("the head just found");
         if let Err(e) = output(&item) {
-            output_error = Some(e);
+            output_error = Some(Box::new(e));
             break;
         }
         counters.processed.fetch_add(1, Ordering::Relaxed);

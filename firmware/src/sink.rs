@@ -654,7 +654,7 @@ pub fn stream(
     let mut recent = StageStats::default();
     let mut last_report = Instant::now();
     let mut counts = vec![0u64; info.num_classes()];
-    let output = |item: &Segmented| -> Result<(), String> {
+    let output = |item: &Segmented| -> Result<(), SinkError> {
         let outputs_started = Instant::now();
         counts.fill(0);
         for &m in &item.mask {
@@ -676,7 +676,10 @@ pub fn stream(
                     mask_size.height,
                     image::ExtendedColorType::Rgb8,
                 )
-                .map_err(|e| format!("encoding the overlay as JPEG: {e}"))?;
+                .map_err(|e| SinkError::Encode {
+                    what: "the overlay as JPEG".into(),
+                    source: e,
+                })?;
         }
         let cx = FrameContext {
             item,
@@ -690,7 +693,7 @@ pub fn stream(
             run_started: started,
         };
         for sink in &mut sinks {
-            sink.write(&cx).map_err(|e| e.to_string())?;
+            sink.write(&cx)?;
         }
         let t = item.times;
         let stages = [

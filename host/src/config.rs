@@ -7,7 +7,7 @@ use firmware::Size;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Augment, DataSpec, Normalize, Source};
-use crate::error::{Error, Result};
+use crate::error::{Error, ParseError, Result};
 use crate::labels::LabelSpace;
 use crate::loss::LossConfig;
 use crate::model::ModelConfig;
@@ -22,6 +22,35 @@ pub enum OptimizerKind {
     Adamw,
     /// SGD with Nesterov momentum 0.9.
     Sgd,
+}
+
+/// The defaults of a training run: [`TrainConfig::new`] and `edgeseg train`'s
+/// flags both read them, so they are written once.
+pub mod defaults {
+    use firmware::Size;
+
+    /// Model input and training size.
+    pub const SIZE: Size = Size::new(256, 192);
+    /// Epochs when neither `--epochs` nor a time budget is given.
+    pub const EPOCHS: usize = 10;
+    /// Images per step.
+    pub const BATCH: usize = 8;
+    /// Base learning rate.
+    pub const LR: f64 = 2e-3;
+    /// Weight decay.
+    pub const WEIGHT_DECAY: f64 = 1e-4;
+    /// Share of a plain images/ + masks/ folder held out for validation.
+    pub const VAL_FRACTION: f32 = 0.2;
+    /// Synthetic training scenes.
+    pub const SYNTHETIC_TRAIN: usize = 400;
+    /// Synthetic validation scenes.
+    pub const SYNTHETIC_VAL: usize = 50;
+    /// Loader threads.
+    pub const WORKERS: usize = 2;
+    /// U-Net: channels of the first level.
+    pub const UNET_BASE_WIDTH: usize = 16;
+    /// LinkNet: multiplier of every channel count.
+    pub const LINKNET_WIDTH: f32 = 0.5;
 }
 
 /// Learning-rate schedule over all iterations of the run.
@@ -81,6 +110,28 @@ pub enum ClassWeights {
     SqrtMedian,
     /// Weights given by the user, one per class.
     Given(Vec<f32>),
+}
+
+impl std::str::FromStr for ClassWeights {
+    type Err = ParseError;
+
+    /// `none`, `median`, `sqrt-median`, or a comma list of one weight per class.
+    fn from_str(s: &str) -> std::result::Result<ClassWeights, ParseError> {
+        Ok(match s {
+            "none" => ClassWeights::None,
+            "median" => ClassWeights::Median,
+            "sqrt-median" => ClassWeights::SqrtMedian,
+            list => ClassWeights::Given(
+                list.split(',')
+                    .map(|w| w.trim().parse::<f32>().ok().filter(|w| w.is_finite() && *w >= 0.0))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| ParseError {
+                        expected: "none, median, sqrt-median or a comma list of non-negative numbers",
+                        given: s.into(),
+                    })?,
+            ),
+        })
+    }
 }
 
 /// Everything a training run needs; saved as `config.json` in the run folder.
@@ -143,6 +194,17 @@ pub struct TrainConfig {
     /// runs at `size`. 0 trains at `size` throughout.
     #[serde(default)]
     pub progressive: f64,
+    /// Validate after every `val_every`-th epoch, and after the run's last
+    /// one; the best checkpoint is chosen among the validated epochs. 1
+    /// validates every epoch; larger values save the validation's time when
+    /// the validation set is large against the training set (a held-out
+    /// drive, Cityscapes' 500 pictures).
+    #[serde(default = "one")]
+    pub val_every: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TrainConfig {
@@ -151,19 +213,19 @@ impl TrainConfig {
         TrainConfig {
             data: DataSpec {
                 root: None,
-                val_fraction: 0.2,
-                synthetic_train: 400,
-                synthetic_val: 50,
+                val_fraction: defaults::VAL_FRACTION,
+                synthetic_train: defaults::SYNTHETIC_TRAIN,
+                synthetic_val: defaults::SYNTHETIC_VAL,
                 seed: 0,
                 val_sequences: Vec::new(),
             },
             labels: LabelSpace::camvid(),
             model,
             size,
-            epochs: Some(10),
-            batch: 8,
-            lr: 2e-3,
-            weight_decay: 1e-4,
+            epochs: Some(defaults::EPOCHS),
+            batch: defaults::BATCH,
+            lr: defaults::LR,
+            weight_decay: defaults::WEIGHT_DECAY,
             optimizer: OptimizerKind::Adamw,
             schedule: Schedule::Cosine,
             warmup: 0.03,
@@ -173,12 +235,40 @@ impl TrainConfig {
             normalize: Normalize::default(),
             seed: 0,
             patience: None,
-            workers: 2,
+            workers: defaults::WORKERS,
             time_limit: None,
             encoder_weights: None,
             crop: None,
             progressive: 0.0,
+            val_every: 1,
         }
+    }
+
+    /// One line on what a run of this configuration trains: model, size,
+    /// data, length and batch.
+    pub fn describe(&self) -> String {
+        let length = match (self.epochs, self.time_limit) {
+            (Some(epochs), None) => format!("{epochs} epochs"),
+            (Some(epochs), Some(limit)) => {
+                format!("{:.1} minutes (at most {epochs} epochs)", limit / 60.0)
+            }
+            (None, limit) => format!("{:.1} minutes", limit.unwrap_or_default() / 60.0),
+        };
+        let data = match &self.data.root {
+            None => "synthetic scenes".to_string(),
+            Some(root) if self.data.val_sequences.is_empty() => root.display().to_string(),
+            Some(root) => format!(
+                "{} (holding out {})",
+                root.display(),
+                self.data.val_sequences.join(", ")
+            ),
+        };
+        format!(
+            "training {} at {} on {data} for {length}, batch {}",
+            self.model.name(),
+            self.size,
+            self.batch
+        )
     }
 
     pub(crate) fn sources(&self) -> Result<(Source, Source)> {

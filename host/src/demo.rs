@@ -139,7 +139,7 @@ const SYNTHETIC: &str = "synthetic road scenes";
 
 fn sink(spec: String) -> Result<Sink> {
     // The demo's folder is its own: a second demo replaces the first's outputs.
-    Sink::open_replacing(&spec).map_err(|e| Error::Invalid(e.to_string()))
+    Ok(Sink::open_replacing(&spec)?)
 }
 
 /// Runs the whole demo, calling `log` with a line per step.
@@ -190,7 +190,7 @@ pub fn run(options: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoRepor
     config.labels = labels;
     config.epochs = None;
     config.lr = 4e-3;
-    config.loss = crate::loss::LossConfig::parse("ce+1.0*dice").map_err(Error::Invalid)?;
+    config.loss = "ce+1.0*dice".parse()?;
     // Square-root median-frequency weights scored 0.504 against 0.463 without
     // weights in 10 minutes on synthetic scenes (BENCHMARKS.md, synth-h and synth-c).
     config.class_weights = crate::config::ClassWeights::SqrtMedian;
@@ -229,14 +229,7 @@ pub fn run(options: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoRepor
     copy(&run_dir.path.join("curves.png"), &out.join("curves.png"))?;
     let predictor = crate::predict::Predictor::from_run(&run_dir, "best.bpk")?;
     let val = Source::open(&data, "val", size)?;
-    let cell = Size::new(240, (240 * size.height / size.width).max(1));
-    let grid = crate::predict::grid(&predictor, &val, 6, cell)?;
-    crate::io::write_rgb_png(
-        &out.join("grid.png"),
-        grid.width(),
-        grid.height(),
-        grid.as_raw(),
-    )?;
+    crate::predict::write_grid(&predictor, &val, 6, &out.join("grid.png"))?;
 
     // 3. Export and quantise.
     let float_path = out.join("model.onnx");
@@ -245,8 +238,7 @@ pub fn run(options: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoRepor
     log("[3/5] exporting model.onnx, model.nnef.tgz and model.int8.onnx");
     let export = crate::export::export_run(&run_dir, "best.bpk", None, &float_path, 4)?;
     export.agreement.check()?;
-    let nnef_bytes = model_export::nnef::write_nnef(&float_path, &nnef_path)
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let nnef_bytes = model_export::nnef::write_nnef(&float_path, &nnef_path)?;
     let quant = crate::quantize::quantize_file(&QuantizeJob {
         model: float_path.clone(),
         calib: data_root.clone(),
@@ -270,8 +262,7 @@ pub fn run(options: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoRepor
         &CpuFeatures::native(),
         Options::default(),
         firmware::segmenter::default_threads(),
-    )
-    .map_err(|e| Error::Invalid(e.to_string()))?;
+    )?;
     log(&format!(
         "      edgeseg-run --precision auto: {}",
         selection.summary
@@ -345,9 +336,9 @@ pub fn stream(
     sinks: Vec<Sink>,
     log: &mut impl FnMut(&str),
 ) -> Result<StreamSummary> {
-    let mut segmenter = Segmenter::load(model).map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut segmenter = Segmenter::load(model)?;
     segmenter.set_threads(firmware::segmenter::default_threads());
-    let source = firmware::source::open(source, seed).map_err(|e| Error::Invalid(e.to_string()))?;
+    let source = firmware::source::open(source, seed)?;
     let options = StreamOptions {
         limit: frames,
         queue: 2,
@@ -357,7 +348,7 @@ pub fn stream(
     sink::stream(source, segmenter, sinks, options, |window, over| {
         log(&format!("      {}", window.line(over)))
     })
-    .map_err(|e| Error::Invalid(e.to_string()))
+    .map_err(Error::from)
 }
 
 fn copy(from: &Path, to: &Path) -> Result<()> {
@@ -496,6 +487,34 @@ pub fn markdown(r: &DemoReport) -> String {
     }
     s += "\n![curves](curves.png)\n\n![predictions](grid.png)\n";
     s
+}
+
+impl DemoReport {
+    /// What `edgeseg demo` prints at the end: the headline numbers, the files
+    /// written to `out`, and how to run the model on a Raspberry Pi.
+    pub fn summary(&self, out: &Path) -> String {
+        let mut text = format!(
+            "\nvalidation mIoU float {:.4}, int8 {:.4}; models {:.2} MB float, {:.2} MB int8; \
+             drive {:.1} FPS ({:.1} ms per frame end to end)\nwrote to {}:\n",
+            self.miou_float,
+            self.miou_int8,
+            self.model_bytes_float as f64 / 1e6,
+            self.model_bytes_int8 as f64 / 1e6,
+            self.fps,
+            self.latency_ms["total"].as_f64().unwrap_or(f64::NAN),
+            out.display(),
+        );
+        for file in OUTPUTS {
+            text += &format!("  {}\n", out.join(file).display());
+        }
+        text += &format!(
+            "\nOn a Raspberry Pi (after `deploy/bundle.sh aarch64-unknown-linux-gnu {} edgeseg-pi.tar.gz`,\n\
+             which ships model.onnx and model.int8.onnx; --precision auto keeps the faster one that agrees):\n{}",
+            out.join("model.onnx").display(),
+            pi_command("model.onnx")
+        );
+        text
+    }
 }
 
 /// The command that streams the demo's model from a Raspberry Pi camera.

@@ -67,9 +67,46 @@ pub enum Error {
     /// The synthetic generator refused its arguments.
     #[error("synthetic scene: {0}")]
     Synth(#[from] firmware::Error),
+    /// A model file that cannot be decoded, converted or quantised (the cause
+    /// is the error's source).
+    #[error("{}", path.display())]
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// What went wrong.
+        source: model_export::Error,
+    },
+    /// Building, checking or writing an exported model failed.
+    #[error(transparent)]
+    Export(#[from] model_export::Error),
+    /// The on-board engine could not load or run a model.
+    #[error(transparent)]
+    Engine(#[from] firmware::engine::EngineError),
+    /// `--precision` could not be settled.
+    #[error(transparent)]
+    Precision(#[from] firmware::precision::SelectError),
+    /// A frame source of the on-board runtime could not be opened or read.
+    #[error(transparent)]
+    Source(#[from] firmware::source::SourceError),
+    /// An output of the on-board runtime could not be opened or written.
+    #[error(transparent)]
+    Sink(#[from] firmware::sink::SinkError),
+    /// A setting given as text that does not parse.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
     /// An argument outside what the operation accepts.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// A setting given as text (a command-line value) that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected {expected}, got {given:?}")]
+pub struct ParseError {
+    /// What would have been accepted.
+    pub expected: &'static str,
+    /// The text given.
+    pub given: String,
 }
 
 impl Error {

@@ -130,11 +130,7 @@ pub fn evaluate_run(
         batch: 4,
         workers: 2,
     };
-    let bar = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(source.len() as u64)
-    };
+    let bar = crate::progress::bar(source.len() as u64, quiet, "eval", "images");
     let matrix = evaluate(&model, &source, &plan, &device, |k| bar.inc(k as u64))?;
     bar.finish_and_clear();
     let classes = config.labels.names.clone();

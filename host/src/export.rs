@@ -51,17 +51,14 @@ impl Agreement {
 /// same normalised planar inputs.
 pub fn compare(model: &Model, onnx: &[u8], inputs: &[Vec<f32>], size: Size) -> Result<Agreement> {
     let device = Device::flex();
-    let mut engine = Engine::from_bytes(onnx, "the exported model")
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut engine = Engine::from_bytes(onnx, "the exported model")?;
     let classes = engine.info().num_classes();
     let (h, w) = (size.height as usize, size.width as usize);
     let (mut max_abs_diff, mut agree, mut total) = (0.0f32, 0usize, 0usize);
     for input in inputs {
         let x = Tensor::<4>::from_data(TensorData::new(input.clone(), [1, 3, h, w]), &device);
         let burn = values(model.forward(x));
-        let tract = engine
-            .run(input)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let tract = engine.run(input)?;
         for (a, b) in burn.iter().zip(tract) {
             max_abs_diff = max_abs_diff.max((a - b).abs());
         }
@@ -100,6 +97,30 @@ pub struct ExportReport {
     pub agreement: Agreement,
 }
 
+impl ExportReport {
+    /// What `edgeseg export` prints about the file written to `out`.
+    pub fn summary(&self, out: &Path) -> String {
+        let ops: Vec<String> = self.ops.iter().map(|(op, n)| format!("{n} {op}")).collect();
+        let a = &self.agreement;
+        format!(
+            "wrote {} ({:.2} MB): {} at {}, {} classes, {:.2} GMAC per frame\n  \
+             ops: {} ({} batch norms folded)\n  \
+             tract vs Burn on {} validation images: max |diff| {:.2e}, argmax agreement {:.4}%",
+            out.display(),
+            self.bytes as f64 / 1e6,
+            self.info.architecture,
+            self.info.input_size,
+            self.info.num_classes(),
+            self.macs as f64 / 1e9,
+            ops.join(", "),
+            self.folded,
+            a.images,
+            a.max_abs_diff,
+            100.0 * a.argmax_agreement
+        )
+    }
+}
+
 /// Exports weights `weights` (`best.bpk` or `last.bpk`) of the run in `run` as a
 /// float ONNX file at `out`, for input `size` (the training size by default),
 /// then loads the file in tract and compares it with Burn on `check_images`
@@ -115,8 +136,7 @@ pub fn export_run(
     let state = run.state()?;
     let size = size.unwrap_or(config.size);
     let model = run.load_model(weights, &Device::flex())?;
-    let graph_error = |e: model_export::Error| Error::Invalid(format!("exporting: {e}"));
-    let mut graph = model.to_graph(size).map_err(graph_error)?;
+    let mut graph = model.to_graph(size)?;
     let folded = graph.fold_batchnorm();
     let labels = &config.labels;
     let info = ModelInfo {
@@ -130,7 +150,11 @@ pub fn export_run(
         val_miou: if weights == "best.bpk" {
             state.best_miou
         } else {
-            state.history.last().map_or(f64::NAN, |r| r.val_miou)
+            state
+                .history
+                .last()
+                .and_then(|r| r.val_miou)
+                .unwrap_or(f64::NAN)
         },
         precision: "float32".into(),
     };

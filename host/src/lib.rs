@@ -19,6 +19,7 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod predict;
+pub mod progress;
 pub mod quantize;
 pub mod run;
 pub mod synth;

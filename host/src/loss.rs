@@ -1,6 +1,7 @@
 //! Segmentation losses over logits `[batch, classes, h, w]` and class-id targets
 //! `[batch, h, w]`, with an ignore value (void) that contributes nothing.
 
+use crate::error::ParseError;
 use burn::prelude::*;
 #[cfg(test)]
 use burn::tensor::activation::{log_softmax, softmax};
@@ -31,9 +32,15 @@ impl Default for LossConfig {
     }
 }
 
-impl LossConfig {
+impl std::str::FromStr for LossConfig {
+    type Err = ParseError;
+
     /// Parses `ce`, `dice`, `focal`, `bce+dice` or weighted sums such as `ce+0.5*dice`.
-    pub fn parse(spec: &str) -> Result<LossConfig, String> {
+    fn from_str(spec: &str) -> Result<LossConfig, ParseError> {
+        let bad = || ParseError {
+            expected: "ce, bce, dice, focal or a weighted sum such as ce+0.5*dice",
+            given: spec.into(),
+        };
         let mut cfg = LossConfig {
             cross_entropy: 0.0,
             dice: 0.0,
@@ -46,7 +53,9 @@ impl LossConfig {
                 Some((w, n)) => (
                     w.trim()
                         .parse::<f32>()
-                        .map_err(|_| format!("bad weight in loss term `{term}`"))?,
+                        .ok()
+                        .filter(|w| w.is_finite())
+                        .ok_or_else(bad)?,
                     n.trim(),
                 ),
                 None => (1.0, term),
@@ -56,16 +65,14 @@ impl LossConfig {
                 "ce" | "cross-entropy" | "bce" => cfg.cross_entropy += w,
                 "dice" => cfg.dice += w,
                 "focal" => cfg.focal += w,
-                other => {
-                    return Err(format!(
-                        "unknown loss `{other}`; use ce, bce, dice, focal or sums like ce+0.5*dice"
-                    ));
-                }
+                _ => return Err(bad()),
             }
         }
         Ok(cfg)
     }
+}
 
+impl LossConfig {
     /// The loss of `logits` against `targets`, ignoring pixels equal to `ignore`.
     /// `class_weights` (one per class) weigh cross-entropy and focal terms.
     ///
@@ -481,7 +488,7 @@ mod tests {
         let f = |p: f32| (1.0 - p).powi(2) * -p.ln();
         assert!((loss - (f(0.75) + f(0.25)) / 2.0).abs() < 1e-5, "{loss}");
         // A sum is the sum of its terms.
-        let both = LossConfig::parse("ce+0.5*dice").unwrap();
+        let both = "ce+0.5*dice".parse::<LossConfig>().unwrap();
         let ce = value(LossConfig::default().forward(logits.clone(), targets.clone(), None, 11));
         let sum = value(both.forward(logits, targets, None, 11));
         assert!((sum - ce - 0.5 * (1.0 - 2.0 / 3.0)).abs() < 1e-5);
@@ -506,12 +513,12 @@ mod tests {
         );
         let configs = [
             LossConfig::default(),
-            LossConfig::parse("dice").unwrap(),
-            LossConfig::parse("focal").unwrap(),
-            LossConfig::parse("ce+0.5*dice+2*focal").unwrap(),
+            "dice".parse::<LossConfig>().unwrap(),
+            "focal".parse::<LossConfig>().unwrap(),
+            "ce+0.5*dice+2*focal".parse::<LossConfig>().unwrap(),
             LossConfig {
                 focal_gamma: 0.5,
-                ..LossConfig::parse("focal").unwrap()
+                .."focal".parse::<LossConfig>().unwrap()
             },
         ];
         for cfg in configs {
@@ -552,8 +559,8 @@ mod tests {
 
     #[test]
     fn parse_rejects_unknown_terms() {
-        assert!(LossConfig::parse("ce+hinge").unwrap_err().contains("hinge"));
-        assert_eq!(LossConfig::parse("bce+dice").unwrap().dice, 1.0);
+        assert!("ce+hinge".parse::<LossConfig>().unwrap_err().given == "ce+hinge");
+        assert_eq!("bce+dice".parse::<LossConfig>().unwrap().dice, 1.0);
     }
 
     #[test]

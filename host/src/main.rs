@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use firmware::Size;
-use indicatif::{ProgressBar, ProgressStyle};
+use host::config::defaults;
+use host::data::Augment;
+use host::demo::DemoOptions;
 
 /// Train, evaluate and export road-scene segmentation models for edge boards.
 #[derive(Debug, Parser)]
@@ -36,22 +38,22 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
         /// Training budget in minutes.
-        #[arg(long, default_value_t = 7.0, value_parser = parse_minutes)]
+        #[arg(long, default_value_t = DemoOptions::default().train_minutes, value_parser = parse_minutes)]
         train_minutes: f64,
         /// Model input size as WIDTHxHEIGHT.
-        #[arg(long, default_value = "256x192")]
+        #[arg(long, default_value_t = DemoOptions::default().size)]
         size: Size,
         /// Synthetic training scenes.
-        #[arg(long, default_value_t = 400)]
+        #[arg(long, default_value_t = DemoOptions::default().scenes.0)]
         train_scenes: usize,
         /// Synthetic validation scenes.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = DemoOptions::default().scenes.1)]
         val_scenes: usize,
         /// Frames of the streamed drive.
-        #[arg(long, default_value_t = 240)]
+        #[arg(long, default_value_t = DemoOptions::default().frames)]
         frames: u64,
         /// Camera frame size of the synthetic drive.
-        #[arg(long, default_value = "640x480")]
+        #[arg(long, default_value_t = DemoOptions::default().camera)]
         camera: Size,
         /// Seed of the scenes, the training and the drive.
         #[arg(long, default_value_t = 0)]
@@ -170,10 +172,10 @@ enum Command {
         per_channel: bool,
         /// Activation ranges: `minmax`, or a percentile such as `99.99`.
         #[arg(long, default_value = "99.99")]
-        calibration: String,
+        calibration: model_export::quant::Calibration,
         /// Activation storage: `i8` or `u8` (onnxruntime's default).
         #[arg(long, default_value = "i8")]
-        activations: String,
+        activations: model_export::quant::Activations,
         /// Skip cross-layer equalisation.
         #[arg(long)]
         no_equalize: bool,
@@ -236,10 +238,10 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value_t = Arch::Linknet18)]
     model: Arch,
     /// U-Net: channels of the first level (64 gives the original network).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = defaults::UNET_BASE_WIDTH)]
     base_width: usize,
     /// LinkNet: multiplier of every channel count (1.0 is the paper's network).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = defaults::LINKNET_WIDTH)]
     width: f32,
     /// U-Net: bilinear upsampling instead of transposed convolutions.
     #[arg(long)]
@@ -249,7 +251,7 @@ struct TrainArgs {
     #[arg(long)]
     stem_skip: bool,
     /// Training and model input size as WIDTHxHEIGHT; images are resized to it.
-    #[arg(long, default_value = "256x192")]
+    #[arg(long, default_value_t = defaults::SIZE)]
     size: Size,
     /// Train on random WIDTHxHEIGHT windows of the --size images: thin objects
     /// keep the detail of the larger size at the step cost of the crop.
@@ -261,13 +263,13 @@ struct TrainArgs {
     #[arg(long)]
     epochs: Option<usize>,
     /// Images per step.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = defaults::BATCH)]
     batch: usize,
     /// Base learning rate.
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = defaults::LR)]
     lr: f64,
     /// Weight decay.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = defaults::WEIGHT_DECAY)]
     weight_decay: f64,
     /// Optimiser.
     #[arg(long, value_enum, default_value_t = host::config::OptimizerKind::Adamw)]
@@ -277,12 +279,12 @@ struct TrainArgs {
     schedule: host::config::Schedule,
     /// Loss: ce, bce, dice, focal, or a weighted sum such as `ce+0.5*dice`.
     #[arg(long, default_value = "ce")]
-    loss: String,
+    loss: host::loss::LossConfig,
     /// Class weights for cross-entropy and focal loss: `none`, `median`
     /// (median-frequency balancing from the training labels), `sqrt-median`
     /// (their square roots: gentler on rare classes), or a comma list.
     #[arg(long, default_value = "none")]
-    class_weights: String,
+    class_weights: host::config::ClassWeights,
     /// Switch off all augmentation.
     #[arg(long)]
     no_augment: bool,
@@ -290,22 +292,22 @@ struct TrainArgs {
     #[arg(long)]
     no_flip: bool,
     /// Largest random zoom (scale then crop); 1 switches it off.
-    #[arg(long, default_value_t = 1.5)]
+    #[arg(long, default_value_t = Augment::default().max_scale)]
     max_scale: f32,
     /// Largest random rotation in degrees; 0 switches it off.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = Augment::default().rotate_degrees)]
     rotate: f32,
     /// Brightness/contrast/saturation jitter fraction; 0 switches it off.
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, default_value_t = Augment::default().color_jitter)]
     color_jitter: f32,
     /// Pixel noise standard deviation (0..255 scale); 0 switches it off.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = Augment::default().noise)]
     noise: f32,
     /// Largest blur sigma; 0 switches blur off.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = Augment::default().blur)]
     blur: f32,
     /// Share of a plain images/ + masks/ folder held out for validation.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = defaults::VAL_FRACTION)]
     val_fraction: f32,
     /// Hold out a whole drive (or city) for validation, by file-name prefix
     /// (CamVid: 0001TP, 0006R0, 0016E5; Cityscapes: a city); repeat or
@@ -314,11 +316,16 @@ struct TrainArgs {
     /// streets the model never saw.
     #[arg(long, value_delimiter = ',')]
     val_sequence: Vec<String>,
+    /// Validate after every N-th epoch only (and after the first and the
+    /// last); saves time when the validation set is large, such as a
+    /// held-out drive.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    val_every: u64,
     /// Synthetic training scenes (without --data).
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = defaults::SYNTHETIC_TRAIN)]
     synthetic_train: usize,
     /// Synthetic validation scenes (without --data).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = defaults::SYNTHETIC_VAL)]
     synthetic_val: usize,
     /// Stop after this many epochs without a better validation mIoU.
     #[arg(long)]
@@ -342,7 +349,7 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Loader threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = defaults::WORKERS)]
     workers: usize,
     /// Run folder: config.json, best.bpk, last.bpk, metrics.csv, curves.png.
     #[arg(long)]
@@ -389,30 +396,15 @@ impl TrainArgs {
         c.epochs = match (self.epochs, self.time_limit) {
             (Some(epochs), _) => Some(epochs),
             (None, Some(_)) => None,
-            (None, None) => Some(10),
+            (None, None) => Some(defaults::EPOCHS),
         };
         c.batch = self.batch;
         c.lr = self.lr;
         c.weight_decay = self.weight_decay;
         c.optimizer = self.optimizer;
         c.schedule = self.schedule;
-        c.loss = host::loss::LossConfig::parse(&self.loss)
-            .map_err(|e| anyhow::anyhow!("--loss: {e}"))?;
-        c.class_weights = match self.class_weights.as_str() {
-            "none" => host::config::ClassWeights::None,
-            "median" => host::config::ClassWeights::Median,
-            "sqrt-median" => host::config::ClassWeights::SqrtMedian,
-            list => host::config::ClassWeights::Given(
-                list.split(',')
-                    .map(|w| w.trim().parse::<f32>())
-                    .collect::<Result<_, _>>()
-                    .map_err(|_| {
-                        anyhow::anyhow!(
-                            "--class-weights: expected none, median, sqrt-median or a comma list of numbers"
-                        )
-                    })?,
-            ),
-        };
+        c.loss = self.loss.clone();
+        c.class_weights = self.class_weights.clone();
         c.augment = (!self.no_augment).then(|| host::data::Augment {
             flip: !self.no_flip,
             max_scale: self.max_scale.max(1.0),
@@ -422,6 +414,7 @@ impl TrainArgs {
             blur: self.blur,
         });
         c.patience = self.patience;
+        c.val_every = self.val_every as usize;
         c.time_limit = self.time_limit.map(|minutes| minutes * 60.0);
         c.encoder_weights = self.encoder_weights.clone();
         c.crop = self.crop;
@@ -446,20 +439,6 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     }
 }
 
-fn progress(len: usize, quiet: bool, what: &str) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    bar
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo {
@@ -474,7 +453,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             serve,
         } => {
-            let options = host::demo::DemoOptions {
+            let options = DemoOptions {
                 out: out.clone(),
                 data,
                 train_minutes,
@@ -487,26 +466,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let report = host::demo::run(&options, |line| eprintln!("{line}"))
                 .with_context(|| format!("running the demo into {}", out.display()))?;
-            println!(
-                "\nvalidation mIoU float {:.4}, int8 {:.4}; models {:.2} MB float, {:.2} MB int8; \
-                 drive {:.1} FPS ({:.1} ms per frame end to end)",
-                report.miou_float,
-                report.miou_int8,
-                report.model_bytes_float as f64 / 1e6,
-                report.model_bytes_int8 as f64 / 1e6,
-                report.fps,
-                report.latency_ms["total"].as_f64().unwrap_or(f64::NAN),
-            );
-            println!("wrote to {}:", out.display());
-            for file in host::demo::OUTPUTS {
-                println!("  {}", out.join(file).display());
-            }
-            println!(
-                "\nOn a Raspberry Pi (after `deploy/bundle.sh aarch64-unknown-linux-gnu {} edgeseg-pi.tar.gz`,\n\
-                 which ships model.onnx and model.int8.onnx; --precision auto keeps the faster one that agrees):\n{}",
-                out.join("model.onnx").display(),
-                host::demo::pi_command("model.onnx")
-            );
+            println!("{}", report.summary(&out));
             if let Some(addr) = serve {
                 let sink = firmware::sink::Sink::open(&format!("http:{addr}"))?;
                 if let firmware::sink::Sink::Http(view) = &sink {
@@ -539,7 +499,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 size,
                 seed,
             };
-            let bar = progress(train + val, cli.quiet, "synth");
+            let bar = host::progress::bar((train + val) as u64, cli.quiet, "synth", "scenes");
             let summary = host::synth::write_dataset(&out, &spec, &|| bar.inc(1))
                 .with_context(|| format!("writing the synthetic dataset to {}", out.display()))?;
             bar.finish_and_clear();
@@ -559,24 +519,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 args.config()?
             };
-            let length = match (config.epochs, config.time_limit) {
-                (Some(epochs), None) => format!("{epochs} epochs"),
-                (Some(epochs), Some(limit)) => {
-                    format!("{:.1} minutes (at most {epochs} epochs)", limit / 60.0)
-                }
-                (None, limit) => format!("{:.1} minutes", limit.unwrap_or_default() / 60.0),
-            };
-            eprintln!(
-                "training {} at {} on {} for {length}, batch {}",
-                config.model.name(),
-                config.size,
-                config
-                    .data
-                    .root
-                    .as_ref()
-                    .map_or("synthetic scenes".to_string(), |d| d.display().to_string()),
-                config.batch
-            );
+            eprintln!("{}", config.describe());
             let start = match (args.resume, args.overwrite) {
                 (true, _) => host::run::Start::Resume,
                 (false, true) => host::run::Start::Overwrite,
@@ -630,15 +573,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     spec.root = data;
                 }
                 let source = host::data::Source::open(&spec, "val", config.size)?;
-                let cell = Size::new(240, (240 * config.size.height / config.size.width).max(1));
-                let picture = host::predict::grid(&predictor, &source, count, cell)?;
                 let path = out.join("grid.png");
-                host::io::write_rgb_png(
-                    &path,
-                    picture.width(),
-                    picture.height(),
-                    picture.as_raw(),
-                )?;
+                host::predict::write_grid(&predictor, &source, count, &path)?;
                 println!("wrote {}", path.display());
             }
         }
@@ -655,21 +591,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             eval_images,
         } => {
-            use model_export::quant::{Activations, Calibration, QuantOptions, WeightScheme};
-            let activations = match activations.as_str() {
-                "i8" => Activations::I8,
-                "u8" => Activations::U8,
-                other => anyhow::bail!("--activations: expected i8 or u8, got {other:?}"),
-            };
-            let calibration = match calibration.as_str() {
-                "minmax" => Calibration::MinMax,
-                p => match p.parse::<f64>() {
-                    Ok(p) if (50.0..=100.0).contains(&p) => Calibration::Percentile(p),
-                    _ => anyhow::bail!(
-                        "--calibration: expected minmax or a percentile in 50..100, got {p:?}"
-                    ),
-                },
-            };
+            use model_export::quant::{QuantOptions, WeightScheme};
             let job = host::quantize::QuantizeJob {
                 model: model.clone(),
                 calib,
@@ -709,22 +631,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Arch::Linknet18 => ModelConfig::linknet(11, 18, width),
                 Arch::Linknet34 => ModelConfig::linknet(11, 34, width),
             };
-            let (params, times) = host::train::bench_steps(&config, size, batch, warmup, steps);
-            let mut sorted = times.clone();
-            sorted.sort_by(f64::total_cmp);
-            let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
-            println!(
-                "{}",
-                serde_json::json!({
-                    "framework": "burn 0.22 (burn-flex)",
-                    "model": config.name(),
-                    "size": size.to_string(),
-                    "batch": batch,
-                    "params": params,
-                    "median_s": median,
-                    "steps_s": times,
-                })
-            );
+            let times = host::train::bench_steps(&config, size, batch, warmup, steps);
+            println!("{}", times.to_json());
         }
         Command::Export {
             run,
@@ -737,33 +645,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = host::run::RunDir::new(&run);
             let report = host::export::export_run(&dir, &weights, size, &out, check_images)
                 .with_context(|| format!("exporting {}", run.display()))?;
-            let ops: Vec<String> = report
-                .ops
-                .iter()
-                .map(|(op, n)| format!("{n} {op}"))
-                .collect();
-            println!(
-                "wrote {} ({:.2} MB): {} at {}, {} classes, {:.2} GMAC per frame",
-                out.display(),
-                report.bytes as f64 / 1e6,
-                report.info.architecture,
-                report.info.input_size,
-                report.info.num_classes(),
-                report.macs as f64 / 1e9
-            );
-            println!(
-                "  ops: {} ({} batch norms folded)",
-                ops.join(", "),
-                report.folded
-            );
-            let a = &report.agreement;
-            println!(
-                "  tract vs Burn on {} validation images: max |diff| {:.2e}, argmax agreement {:.4}%",
-                a.images,
-                a.max_abs_diff,
-                100.0 * a.argmax_agreement
-            );
-            a.check()?;
+            println!("{}", report.summary(&out));
+            report.agreement.check()?;
             if let Some(path) = nnef {
                 let bytes = model_export::nnef::write_nnef(&out, &path)?;
                 println!("wrote {} ({:.2} MB)", path.display(), bytes as f64 / 1e6);

@@ -53,6 +53,10 @@ pub fn curves(path: &Path, history: &[EpochRecord]) -> Result<()> {
                 BLUE.stroke_width(2),
             ))
             .map_err(|e| err(e.to_string()))?;
+        // Epochs skipped by `--val-every` have no score.
+        let validated = history
+            .iter()
+            .filter_map(|r| Some((r.epoch as f64, r.val_miou?)));
         let mut chart = ChartBuilder::on(&right)
             .caption("validation mIoU", ("sans-serif", 20))
             .margin(12)
@@ -66,17 +70,10 @@ pub fn curves(path: &Path, history: &[EpochRecord]) -> Result<()> {
             .draw()
             .map_err(|e| err(e.to_string()))?;
         chart
-            .draw_series(LineSeries::new(
-                history.iter().map(|r| (r.epoch as f64, r.val_miou)),
-                RED.stroke_width(2),
-            ))
+            .draw_series(LineSeries::new(validated.clone(), RED.stroke_width(2)))
             .map_err(|e| err(e.to_string()))?;
         chart
-            .draw_series(
-                history
-                    .iter()
-                    .map(|r| Circle::new((r.epoch as f64, r.val_miou), 3, RED.filled())),
-            )
+            .draw_series(validated.map(|point| Circle::new(point, 3, RED.filled())))
             .map_err(|e| err(e.to_string()))?;
         root.present().map_err(|e| err(e.to_string()))?;
     }

@@ -127,6 +127,15 @@ pub fn predict_files(
     Ok(written)
 }
 
+/// Writes `path` (a PNG): [`grid`] of the first `count` samples of `source`,
+/// in cells 240 pixels wide with the model's aspect ratio.
+pub fn write_grid(predictor: &Predictor, source: &Source, count: usize, path: &Path) -> Result<()> {
+    let size = predictor.size;
+    let cell = Size::new(240, (240 * size.height / size.width).max(1));
+    let picture = grid(predictor, source, count, cell)?;
+    crate::io::write_rgb_png(path, picture.width(), picture.height(), picture.as_raw())
+}
+
 /// A picture with one column per sample and three rows: the image, its ground
 /// truth and the prediction, each `cell` in size with a 4-pixel white gap.
 pub fn grid(predictor: &Predictor, source: &Source, count: usize, cell: Size) -> Result<RgbImage> {

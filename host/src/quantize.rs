@@ -154,14 +154,10 @@ fn normalized(img: &RgbImage, size: Size, normalize: &Normalize) -> Vec<f32> {
 
 fn median_ms(engine: &mut Engine, input: &[f32], runs: usize) -> Result<f64> {
     let mut times = Vec::with_capacity(runs);
-    engine
-        .run(input)
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    engine.run(input)?;
     for _ in 0..runs {
         let t = Instant::now();
-        engine
-            .run(input)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        engine.run(input)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
@@ -172,24 +168,23 @@ fn median_ms(engine: &mut Engine, input: &[f32], runs: usize) -> Result<f64> {
 pub fn quantize_file(job: &QuantizeJob) -> Result<QuantReport> {
     let what = job.model.display().to_string();
     let float_bytes = std::fs::read(&job.model).map_err(|e| Error::io(&job.model, e))?;
-    let proto = model_export::onnx::decode_model(&float_bytes, &what)
-        .map_err(|e| Error::Invalid(e.to_string()))?;
-    let graph = model_export::onnx::from_model(&proto)
-        .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
-    let info = model_info(&proto).map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+    let in_model = |source: model_export::Error| Error::Model {
+        path: job.model.clone(),
+        source,
+    };
+    let proto = model_export::onnx::decode_model(&float_bytes, &what).map_err(in_model)?;
+    let graph = model_export::onnx::from_model(&proto).map_err(in_model)?;
+    let info = model_info(&proto).map_err(|e| in_model(e.into()))?;
     let normalize = Normalize {
         mean: info.mean,
         std: info.std,
     };
     let size = info.input_size;
     let calib = calibration_inputs(&job.calib, size, &normalize, job.calib_images)?;
-    let (int8, summary) = quantize(&graph, &info, &calib, job.options)
-        .map_err(|e| Error::Invalid(format!("quantising {what}: {e}")))?;
+    let (int8, summary) = quantize(&graph, &info, &calib, job.options).map_err(in_model)?;
     let int8_bytes = prost::Message::encode_to_vec(&int8);
-    let mut float =
-        Engine::from_bytes(&float_bytes, &what).map_err(|e| Error::Invalid(e.to_string()))?;
-    let mut quant = Engine::from_bytes(&int8_bytes, "the int8 model")
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut float = Engine::from_bytes(&float_bytes, &what)?;
+    let mut quant = Engine::from_bytes(&int8_bytes, "the int8 model")?;
     let kernels = quant.matmul_kernels();
     let integer = kernels.iter().filter(|k| k.integer).count();
     let fused = kernels
@@ -233,18 +228,8 @@ pub fn quantize_file(job: &QuantizeJob) -> Result<QuantReport> {
     let mut first = None;
     for batch in batches(&source, &plan).take(job.eval_images) {
         let batch = batch?;
-        let f = argmax(
-            float
-                .run(&batch.images)
-                .map_err(|e| Error::Invalid(e.to_string()))?,
-            classes,
-        );
-        let q = argmax(
-            quant
-                .run(&batch.images)
-                .map_err(|e| Error::Invalid(e.to_string()))?,
-            classes,
-        );
+        let f = argmax(float.run(&batch.images)?, classes);
+        let q = argmax(quant.run(&batch.images)?, classes);
         matrices[0].add(&batch.masks, &f);
         matrices[1].add(&batch.masks, &q);
         same += f.iter().zip(&q).filter(|(a, b)| a == b).count();

@@ -53,10 +53,11 @@ pub struct EpochRecord {
     pub epoch: usize,
     /// Mean training loss.
     pub train_loss: f64,
-    /// Validation mean IoU.
-    pub val_miou: f64,
-    /// Validation pixel accuracy.
-    pub val_pixel_accuracy: f64,
+    /// Validation mean IoU; `None` in epochs that were not validated
+    /// (`--val-every`).
+    pub val_miou: Option<f64>,
+    /// Validation pixel accuracy; `None` in epochs that were not validated.
+    pub val_pixel_accuracy: Option<f64>,
     /// Learning rate at the end of the epoch.
     pub lr: f64,
     /// Wall time of the epoch (training and validation), seconds.
@@ -371,9 +372,15 @@ impl RunDir {
             String::from("epoch,train_loss,val_miou,val_pixel_accuracy,lr,seconds,train_size\n");
         for r in history {
             let size = r.train_size.map(|s| s.to_string()).unwrap_or_default();
+            let score = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
             csv += &format!(
-                "{},{:.6},{:.6},{:.6},{:.3e},{:.2},{size}\n",
-                r.epoch, r.train_loss, r.val_miou, r.val_pixel_accuracy, r.lr, r.seconds
+                "{},{:.6},{},{},{:.3e},{:.2},{size}\n",
+                r.epoch,
+                r.train_loss,
+                score(r.val_miou),
+                score(r.val_pixel_accuracy),
+                r.lr,
+                r.seconds
             );
         }
         write_atomic(&self.file("metrics.csv"), csv.as_bytes())

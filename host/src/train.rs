@@ -11,7 +11,6 @@ use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use firmware::Size;
 use firmware::metrics::ConfusionMatrix;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{ClassWeights, OptimizerKind, TrainConfig};
 use crate::data::{BatchPlan, Source, batches};
@@ -46,20 +45,6 @@ pub struct TrainSummary {
     pub state: RunState,
     /// Validation confusion matrix of the last epoch.
     pub last_matrix: ConfusionMatrix,
-}
-
-fn bar(len: u64, quiet: bool, msg: String) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:25}] {pos}/{len} batches {per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(msg);
-    bar
 }
 
 /// Counts class pixels over the training labels for median-frequency weights.
@@ -295,7 +280,12 @@ pub fn train(
             native_masks: false,
             crop: config.crop.map(scale),
         };
-        let progress = bar(batches_per_epoch as u64, quiet, format!("epoch {of}"));
+        let progress = crate::progress::bar(
+            batches_per_epoch as u64,
+            quiet,
+            format!("epoch {of}"),
+            "batches",
+        );
         let (mut loss_sum, mut seen, mut lr) = (0.0f64, 0usize, config.lr);
         for (i, batch) in batches(&train_source, &plan).enumerate() {
             let batch = batch?;
@@ -339,20 +329,29 @@ pub fn train(
             }
         }
         progress.finish_and_clear();
-        let eval_device = Device::flex();
-        let matrix = evaluate(
-            &model.valid(),
-            &val_source,
-            &eval_plan,
-            &eval_device,
-            |_| {},
-        )?;
+        // Validate the first epoch, every `val_every`-th and the last one.
+        let last_epoch = out_of_time
+            || config.epochs == Some(epoch)
+            || config.time_limit.is_some_and(|limit| elapsed() >= limit);
+        let validate =
+            state.history.is_empty() || last_epoch || epoch % config.val_every.max(1) == 0;
+        let matrix = if validate {
+            Some(evaluate(
+                &model.valid(),
+                &val_source,
+                &eval_plan,
+                &Device::flex(),
+                |_| {},
+            )?)
+        } else {
+            None
+        };
         let train_size = plan.crop.unwrap_or(plan.size);
         let record = EpochRecord {
             epoch,
             train_loss: loss_sum / seen.max(1) as f64,
-            val_miou: matrix.mean_iou(),
-            val_pixel_accuracy: matrix.pixel_accuracy(),
+            val_miou: matrix.as_ref().map(ConfusionMatrix::mean_iou),
+            val_pixel_accuracy: matrix.as_ref().map(ConfusionMatrix::pixel_accuracy),
             lr,
             seconds: started.elapsed().as_secs_f64(),
             train_size: Some(train_size),
@@ -362,17 +361,21 @@ pub fn train(
         } else {
             String::new()
         };
+        let scores = match (record.val_miou, record.val_pixel_accuracy) {
+            (Some(miou), Some(accuracy)) => {
+                format!("val mIoU {miou:.4}  pixel acc {accuracy:.4}")
+            }
+            _ => format!("{:<31}", "(not validated)"),
+        };
         log(&format!(
-            "epoch {of_log}  train loss {:.4}  val mIoU {:.4}  pixel acc {:.4}  {:.1}s{}",
-            record.train_loss,
-            record.val_miou,
-            record.val_pixel_accuracy,
-            record.seconds,
-            trained_at
+            "epoch {of_log}  train loss {:.4}  {scores}  {:.1}s{}",
+            record.train_loss, record.seconds, trained_at
         ));
-        let best = record.val_miou > state.best_miou || state.history.is_empty();
-        if best {
-            state.best_miou = record.val_miou;
+        let best = record
+            .val_miou
+            .is_some_and(|miou| miou > state.best_miou || state.history.is_empty());
+        if let Some(miou) = record.val_miou.filter(|_| best) {
+            state.best_miou = miou;
             state.best_epoch = epoch;
         }
         let weights = model_bytes(&model, &run.file("last.bpk"))?;
@@ -382,7 +385,9 @@ pub fn train(
         })?;
         state.history.push(record);
         state.epochs_done = epoch;
-        last_matrix = matrix;
+        if let Some(matrix) = matrix {
+            last_matrix = matrix;
+        }
         if config
             .patience
             .is_some_and(|p| epoch - state.best_epoch >= p)
@@ -412,17 +417,54 @@ pub fn train(
     Ok(TrainSummary { state, last_matrix })
 }
 
-/// Times of `steps` full training steps (forward, cross-entropy, backward, Adam
+/// Timed training steps of one network: what `edgeseg bench-step` prints.
+#[derive(Clone, Debug)]
+pub struct StepTimes {
+    /// The network's name.
+    pub model: String,
+    /// Input size.
+    pub size: Size,
+    /// Images per step.
+    pub batch: usize,
+    /// Parameter count, to check that both sides of a comparison build the
+    /// same network.
+    pub params: usize,
+    /// Seconds of each timed step.
+    pub seconds: Vec<f64>,
+}
+
+impl StepTimes {
+    /// Median step time in seconds (NaN without steps).
+    pub fn median(&self) -> f64 {
+        let mut sorted = self.seconds.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+
+    /// The JSON line `bench/train-step.sh` reads beside PyTorch's.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "framework": "burn 0.22 (burn-flex)",
+            "model": self.model,
+            "size": self.size.to_string(),
+            "batch": self.batch,
+            "params": self.params,
+            "median_s": self.median(),
+            "steps_s": self.seconds,
+        })
+    }
+}
+
+/// Times `steps` full training steps (forward, cross-entropy, backward, Adam
 /// update) of `model` on random `[batch, 3, h, w]` data, after `warmup` untimed
-/// steps; the Burn half of the PyTorch comparison in `bench/`. Also returns the
-/// model's parameter count, to check both sides build the same network.
+/// steps; the Burn half of the PyTorch comparison in `bench/`.
 pub fn bench_steps(
     model: &ModelConfig,
     size: Size,
     batch: usize,
     warmup: usize,
     steps: usize,
-) -> (usize, Vec<f64>) {
+) -> StepTimes {
     let device = Device::flex().autodiff();
     device.seed(0);
     let mut net = model.init(&device);
@@ -452,7 +494,13 @@ pub fn bench_steps(
             times.push(started.elapsed().as_secs_f64());
         }
     }
-    (params, times)
+    StepTimes {
+        model: model.name(),
+        size,
+        batch,
+        params,
+        seconds: times,
+    }
 }
 
 #[cfg(test)]
@@ -593,6 +641,45 @@ mod tests {
         let csv = std::fs::read_to_string(run.file("metrics.csv")).unwrap();
         assert!(csv.lines().nth(1).unwrap().ends_with(",32x24"), "{csv}");
         assert!(csv.lines().nth(12).unwrap().ends_with(",64x48"), "{csv}");
+    }
+
+    #[test]
+    fn val_every_validates_the_first_every_nth_and_the_last_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, run) = tiny(dir.path(), 7);
+        let config = TrainConfig {
+            val_every: 3,
+            ..config
+        };
+        let mut lines = Vec::new();
+        let summary = train(&config, &run, Start::New, true, |l| {
+            lines.push(l.to_string())
+        })
+        .unwrap();
+        let h = &summary.state.history;
+        let validated: Vec<usize> = h
+            .iter()
+            .filter(|r| r.val_miou.is_some() && r.val_pixel_accuracy.is_some())
+            .map(|r| r.epoch)
+            .collect();
+        assert_eq!(validated, [1, 3, 6, 7], "{h:?}");
+        assert!([1, 3, 6, 7].contains(&summary.state.best_epoch));
+        assert!(lines[1].contains("(not validated)"), "{lines:?}");
+        // The last epoch was scored on the whole validation set.
+        assert_eq!(
+            summary.last_matrix.total(),
+            labelled_val_pixels(&config, (48, 32))
+        );
+        let csv = std::fs::read_to_string(run.file("metrics.csv")).unwrap();
+        assert!(csv.lines().nth(2).unwrap().starts_with("2,"), "{csv}");
+        assert!(csv.lines().nth(2).unwrap().contains(",,"), "{csv}");
+        // The state with unscored epochs reads back: resuming the finished
+        // run finds its whole history.
+        let resumed = train(&config, &run, Start::Resume, true, |_| {}).unwrap();
+        let scored = |h: &[EpochRecord]| -> Vec<(usize, bool)> {
+            h.iter().map(|r| (r.epoch, r.val_miou.is_some())).collect()
+        };
+        assert_eq!(scored(&resumed.state.history), scored(h));
     }
 
     #[test]

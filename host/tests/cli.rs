@@ -94,6 +94,69 @@ fn bad_size_is_a_clear_error() {
 }
 
 #[test]
+fn bad_option_values_name_the_flag_and_what_it_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let out = out.to_str().unwrap();
+    for (args, flag, expected) in [
+        (
+            &["train", "--out", out, "--class-weights", "1,x"][..],
+            "--class-weights",
+            "sqrt-median",
+        ),
+        (
+            &["train", "--out", out, "--loss", "ce+hinge"],
+            "--loss",
+            "ce+0.5*dice",
+        ),
+        (
+            &["train", "--out", out, "--val-every", "0"],
+            "--val-every",
+            "0",
+        ),
+        (
+            &[
+                "quantize",
+                "--model",
+                "m.onnx",
+                "--calib",
+                "c",
+                "--out",
+                "q.onnx",
+                "--calibration",
+                "42",
+            ],
+            "--calibration",
+            "minmax or a percentile",
+        ),
+        (
+            &[
+                "quantize",
+                "--model",
+                "m.onnx",
+                "--calib",
+                "c",
+                "--out",
+                "q.onnx",
+                "--activations",
+                "i4",
+            ],
+            "--activations",
+            "i8 or u8",
+        ),
+    ] {
+        let run = edgeseg(args);
+        assert_eq!(run.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            err.contains(flag) && err.contains(expected),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!dir.path().join("run").exists(), "nothing is written");
+}
+
+#[test]
 fn unwritable_output_names_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");

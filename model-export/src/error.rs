@@ -34,6 +34,14 @@ pub enum Error {
     /// Calibration or verification data that cannot be used.
     #[error("{0}")]
     Data(String),
+    /// An option given as text that does not parse.
+    #[error("expected {expected}, got {given:?}")]
+    Parse {
+        /// What would have been accepted.
+        expected: &'static str,
+        /// The text given.
+        given: String,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

@@ -60,6 +60,40 @@ pub enum Activations {
     I8,
 }
 
+impl std::str::FromStr for Calibration {
+    type Err = Error;
+
+    /// `minmax`, or a percentile in 50..=100 such as `99.99`.
+    fn from_str(s: &str) -> Result<Calibration> {
+        match s {
+            "minmax" => Ok(Calibration::MinMax),
+            p => match p.parse::<f64>() {
+                Ok(p) if (50.0..=100.0).contains(&p) => Ok(Calibration::Percentile(p)),
+                _ => Err(Error::Parse {
+                    expected: "minmax or a percentile in 50..100",
+                    given: s.into(),
+                }),
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for Activations {
+    type Err = Error;
+
+    /// `i8` or `u8`.
+    fn from_str(s: &str) -> Result<Activations> {
+        match s {
+            "i8" => Ok(Activations::I8),
+            "u8" => Ok(Activations::U8),
+            _ => Err(Error::Parse {
+                expected: "i8 or u8",
+                given: s.into(),
+            }),
+        }
+    }
+}
+
 /// Quantisation options.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QuantOptions {
