@@ -16,11 +16,16 @@
 # progressive resizing on steps. BENCHMARKS.md gives the minutes that
 # SAMPLES took on this machine when nothing else ran.
 #
-# A fold whose OUT_DIR/DRIVE.json exists is not run again, so the protocol
-# can be spread over several sessions. Environment:
+# A fold whose OUT_DIR/DRIVE.json exists is not run again, and a fold whose
+# training was cut short (its run folder has epochs but no score) resumes
+# from its last checkpoint, so the protocol can be spread over several
+# sessions. The binary is copied to OUT_DIR/edgeseg on the first call and
+# that copy trains every fold, so a rebuild meanwhile changes nothing.
+# Environment:
 #   DATA       CamVid folder (default ../shared/datasets/camvid)
 #   FOLDS      drives to hold out (default "0001TP 0006R0 0016E5")
 #   VAL_EVERY  validate every N epochs during training (default 25)
+#   EVAL_ARGS  extra `edgeseg eval` flags, such as "--tta flip"
 #
 # The README's 45-minute recipe, as its sample budget (see BENCHMARKS.md):
 #   bench/holdout.sh target/bench/holdout-old 94686 --model linknet18 --width 0.5 \
@@ -39,8 +44,12 @@ if [ ! -d "$data/train" ] || [ ! -d "$data/val" ]; then
     exit 0
 fi
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time; }
-cargo build -q --release -p host --bin edgeseg
 mkdir -p "$out"
+edgeseg=$out/edgeseg
+if [ ! -x "$edgeseg" ]; then
+    cargo build -q --release -p host --bin edgeseg
+    cp target/release/edgeseg "$edgeseg"
+fi
 for fold in $folds; do
     if [ -f "$out/$fold.json" ]; then
         echo "$fold: scored already ($out/$fold.json)"
@@ -49,19 +58,29 @@ for fold in $folds; do
     frames=$(find "$data/train" "$data/val" -maxdepth 1 -name '*.png' ! -name "$fold*" | wc -l)
     epochs=$(( (samples + frames / 2) / frames ))
     run=$out/$fold
-    echo "$fold: training on $frames frames of the other drives for $epochs epochs ($((epochs * frames)) samples)"
-    rm -rf "$run"
     start=$(date +%s)
-    /usr/bin/time -v -o "$run.time.txt" target/release/edgeseg -q train --out "$run" \
-        --data "$data" --val-sequence "$fold" --val-every "$val_every" \
-        --epochs "$epochs" "$@" >"$run.log"
+    if [ -f "$run/state.json" ]; then
+        echo "$fold: resuming the cut-short run in $run"
+        /usr/bin/time -v -o "$run.time.txt" "$edgeseg" -q train --out "$run" --resume >>"$run.log"
+    else
+        echo "$fold: training on $frames frames of the other drives for $epochs epochs ($((epochs * frames)) samples)"
+        rm -rf "$run"
+        /usr/bin/time -v -o "$run.time.txt" "$edgeseg" -q train --out "$run" \
+            --data "$data" --val-sequence "$fold" --val-every "$val_every" \
+            --epochs "$epochs" "$@" >"$run.log"
+    fi
     end=$(date +%s)
-    target/release/edgeseg -q eval --run "$run" --data "$data" --weights last.bpk \
+    echo "$fold: this call trained for $((end - start)) s"
+    # shellcheck disable=SC2086
+    "$edgeseg" -q eval --run "$run" --data "$data" --weights last.bpk ${EVAL_ARGS:-} \
         --json "$run.eval.json" | tee "$run.eval.txt"
-    python3 - "$run.eval.json" "$out/$fold.json" "$fold" "$((end - start))" "$epochs" "$frames" "$*" <<'EOF'
+    python3 - "$run.eval.json" "$out/$fold.json" "$fold" "$run/state.json" "$epochs" "$frames" "$*" <<'EOF'
 import json, sys
 report = json.load(open(sys.argv[1]))
-report.update(fold=sys.argv[3], seconds=int(sys.argv[4]), epochs=int(sys.argv[5]),
+state = json.load(open(sys.argv[4]))
+# Training wall time over all the calls that trained this fold.
+seconds = round(sum(r["seconds"] for r in state["history"]))
+report.update(fold=sys.argv[3], seconds=seconds, epochs=state["epochs_done"],
               train_frames=int(sys.argv[6]), args=sys.argv[7])
 json.dump(report, open(sys.argv[2], "w"), indent=1)
 EOF

@@ -556,8 +556,22 @@ impl Source {
 pub struct Augment {
     /// Mirror left-right with probability 0.5.
     pub flip: bool,
-    /// Scale up by a random factor in `[1, max_scale]` and crop back to size.
+    /// Scale up by a random factor in `[1, max_scale]` and crop back to size
+    /// (with `min_scale` below 1: in `[min_scale, max_scale]`, see there).
     pub max_scale: f32,
+    /// Below 1, zoom by a factor drawn log-uniformly in `[min_scale,
+    /// max_scale]` relative to the whole picture at the training size, taken
+    /// from the source picture itself: a zoom above 1 resizes a window of the
+    /// source (keeping its full detail), one below 1 shrinks the whole
+    /// picture onto a void canvas at a random place, as a wider lens or a
+    /// higher camera would show the street. 1 keeps the zoom-in-only
+    /// behaviour above (runs from before this field).
+    #[serde(default = "one")]
+    pub min_scale: f32,
+    /// Per-channel gains drawn in `[1 - w, 1 + w]`: white balance differing
+    /// between cameras. 0 switches it off.
+    #[serde(default)]
+    pub white_balance: f32,
     /// Rotate by up to this many degrees (mask: nearest neighbour, corners void).
     pub rotate_degrees: f32,
     /// Random brightness, contrast and saturation change of up to this fraction.
@@ -573,6 +587,8 @@ impl Default for Augment {
         Augment {
             flip: true,
             max_scale: 1.5,
+            min_scale: 1.0,
+            white_balance: 0.0,
             rotate_degrees: 5.0,
             color_jitter: 0.25,
             noise: 4.0,
@@ -587,12 +603,62 @@ impl Augment {
         Augment {
             flip: false,
             max_scale: 1.0,
+            min_scale: 1.0,
+            white_balance: 0.0,
             rotate_degrees: 0.0,
             color_jitter: 0.0,
             noise: 0.0,
             blur: 0.0,
         }
     }
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+/// A random view of `sample` at `size`, zoomed by a factor drawn
+/// log-uniformly in `[min_scale, max_scale]` relative to the whole picture
+/// resized to `size`. Above 1, a window of the source picture is resized to
+/// `size` (so the zoom keeps the source's detail); below 1, the whole picture
+/// is shrunk and placed at a random spot of a `void` (black) canvas.
+pub fn scaled_view(
+    sample: &Sample,
+    size: Size,
+    (min_scale, max_scale): (f32, f32),
+    void: u8,
+    rng: &mut Rng,
+) -> Sample {
+    let scale = rng
+        .range(min_scale.ln(), max_scale.max(min_scale).ln())
+        .exp();
+    let (w, h) = sample.image.dimensions();
+    if scale >= 1.0 {
+        let (cw, ch) = (
+            ((w as f32 / scale).round() as u32).clamp(1, w),
+            ((h as f32 / scale).round() as u32).clamp(1, h),
+        );
+        let (x0, y0) = (rng.below(w - cw + 1), rng.below(h - ch + 1));
+        let window = Sample {
+            image: imageops::crop_imm(&sample.image, x0, y0, cw, ch).to_image(),
+            mask: imageops::crop_imm(&sample.mask, x0, y0, cw, ch).to_image(),
+        };
+        return resize(&window, size);
+    }
+    let inner = Size::new(
+        ((size.width as f32 * scale).round() as u32).clamp(1, size.width),
+        ((size.height as f32 * scale).round() as u32).clamp(1, size.height),
+    );
+    let shrunk = resize(sample, inner);
+    let (x0, y0) = (
+        rng.below(size.width - inner.width + 1),
+        rng.below(size.height - inner.height + 1),
+    );
+    let mut image = RgbImage::new(size.width, size.height);
+    let mut mask = GrayImage::from_pixel(size.width, size.height, image::Luma([void]));
+    imageops::replace(&mut image, &shrunk.image, x0 as i64, y0 as i64);
+    imageops::replace(&mut mask, &shrunk.mask, x0 as i64, y0 as i64);
+    Sample { image, mask }
 }
 
 /// Resizes a sample to `size`: bilinear for the image, nearest for the mask.
@@ -635,7 +701,8 @@ pub fn augment(sample: Sample, aug: &Augment, void: u8, rng: &mut Rng) -> Sample
         mut mask,
     } = sample;
     let (w, h) = image.dimensions();
-    if aug.max_scale > 1.0 {
+    // With `min_scale` below 1 the zoom was taken from the source (`scaled_view`).
+    if aug.max_scale > 1.0 && aug.min_scale >= 1.0 {
         let s = rng.range(1.0, aug.max_scale);
         let (sw, sh) = (((w as f32) * s) as u32, ((h as f32) * s) as u32);
         if sw > w && sh > h {
@@ -671,12 +738,18 @@ pub fn augment(sample: Sample, aug: &Augment, void: u8, rng: &mut Rng) -> Sample
     if aug.blur > 0.0 && rng.chance(0.3) {
         image = imageops::blur(&image, rng.range(0.3, aug.blur.max(0.31)));
     }
-    if aug.color_jitter > 0.0 || aug.noise > 0.0 {
+    if aug.color_jitter > 0.0 || aug.noise > 0.0 || aug.white_balance > 0.0 {
         let j = aug.color_jitter;
         let brightness = rng.range(1.0 - j, 1.0 + j);
         let contrast = rng.range(1.0 - j, 1.0 + j);
         let saturation = rng.range(1.0 - j, 1.0 + j);
         let noise = rng.range(0.0, aug.noise);
+        let wb = aug.white_balance;
+        let gains = if wb > 0.0 {
+            [(); 3].map(|_| rng.range(1.0 - wb, 1.0 + wb))
+        } else {
+            [1.0; 3]
+        };
         let mean = image.as_raw().iter().map(|&v| v as f32).sum::<f32>()
             / image.as_raw().len().max(1) as f32;
         for (i, px) in image.pixels_mut().enumerate() {
@@ -688,7 +761,7 @@ pub fn augment(sample: Sample, aug: &Augment, void: u8, rng: &mut Rng) -> Sample
                     - 0.5)
                     * 3.4
                     * noise;
-                px[c] = (v * brightness + n).clamp(0.0, 255.0) as u8;
+                px[c] = (v * brightness * gains[c] + n).clamp(0.0, 255.0) as u8;
             }
         }
     }
@@ -923,12 +996,21 @@ fn build_batch(
             masks.extend_from_slice(mask.as_raw());
             continue;
         }
-        let mut sample = resize(&loaded, plan.size);
         let mut rng = Rng::new(hash3(
             plan.shuffle.unwrap_or(0),
             batch_index as u64,
             i as u64,
         ));
+        let mut sample = match &plan.augment {
+            Some(aug) if aug.min_scale < 1.0 => scaled_view(
+                &loaded,
+                plan.size,
+                (aug.min_scale, aug.max_scale),
+                plan.void,
+                &mut rng,
+            ),
+            _ => resize(&loaded, plan.size),
+        };
         if let Some(crop) = plan.crop {
             sample = random_crop(&sample, crop, &mut rng);
         }
@@ -1198,6 +1280,74 @@ mod tests {
                 "seed {seed}: {agree}/{total}"
             );
         }
+    }
+
+    #[test]
+    fn scaled_views_zoom_out_onto_void_and_in_with_the_source_detail() {
+        // 64x48 source whose pixels encode their position; views at 32x24.
+        let (w, h) = (64u32, 48u32);
+        let sample = Sample {
+            image: RgbImage::from_fn(w, h, |x, y| image::Rgb([4 * x as u8, 5 * y as u8, 200])),
+            mask: GrayImage::from_fn(w, h, |x, _| image::Luma([(x / 16) as u8])),
+        };
+        let size = Size::new(32, 24);
+        let mut rng = Rng::new(1);
+        // Zoom 0.5: the whole picture at 16x12 somewhere on a void canvas.
+        let out = scaled_view(&sample, size, (0.5, 0.5), VOID, &mut rng);
+        assert_eq!(out.image.dimensions(), (32, 24));
+        let labelled: Vec<_> = out.mask.pixels().filter(|m| m[0] != VOID).collect();
+        assert_eq!(labelled.len(), 16 * 12);
+        for (p, m) in out.image.pixels().zip(out.mask.pixels()) {
+            assert_eq!(
+                m[0] == VOID,
+                p[2] == 0,
+                "void exactly where the canvas is bare"
+            );
+        }
+        // All four bands survive the zoom out.
+        let bands: std::collections::BTreeSet<u8> = labelled.iter().map(|m| m[0]).collect();
+        assert_eq!(bands.len(), 4);
+        // Zoom 2: a 32x24 window of the source at full detail: neighbouring
+        // pixels step by one source pixel (4 levels of red), not two.
+        let mut starts = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let out = scaled_view(&sample, size, (2.0, 2.0), VOID, &mut rng);
+            assert!(out.mask.pixels().all(|m| m[0] != VOID));
+            let row: Vec<i32> = (0..32)
+                .map(|x| out.image.get_pixel(x, 0)[0] as i32)
+                .collect();
+            assert!(row.windows(2).all(|p| p[1] - p[0] == 4), "{row:?}");
+            // Mask and image were cut at the same place.
+            for x in 0..32 {
+                assert_eq!(out.mask.get_pixel(x, 0)[0] as i32, row[x as usize] / 4 / 16);
+            }
+            starts.insert(row[0]);
+        }
+        assert!(starts.len() > 5, "windows at random places: {starts:?}");
+    }
+
+    #[test]
+    fn white_balance_scales_each_channel_by_its_own_gain() {
+        let grey = Sample {
+            image: RgbImage::from_pixel(8, 8, image::Rgb([100, 100, 100])),
+            mask: GrayImage::new(8, 8),
+        };
+        let aug = Augment {
+            white_balance: 0.3,
+            ..Augment::none()
+        };
+        let mut tints = 0;
+        for seed in 0..10 {
+            let out = augment(grey.clone(), &aug, VOID, &mut Rng::new(seed));
+            let p = out.image.get_pixel(3, 3);
+            assert!(p.0.iter().all(|&v| (70..=130).contains(&v)), "{p:?}");
+            tints += (p[0] != p[1] || p[1] != p[2]) as usize;
+            assert!(out.image.pixels().all(|q| q == p), "one gain per channel");
+        }
+        assert!(tints >= 9, "{tints}");
+        // Off, the picture is untouched.
+        let out = augment(grey.clone(), &Augment::none(), VOID, &mut Rng::new(0));
+        assert_eq!(out.image, grey.image);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::data::Source;
 use crate::error::Result;
-use crate::inference::{EvalPlan, evaluate};
+use crate::inference::{EvalPlan, Tta, evaluate};
 use crate::run::RunDir;
 
 /// Scores of one model on one split.
@@ -104,6 +104,7 @@ pub fn evaluate_run(
     data: Option<&Path>,
     split: &str,
     weights: &str,
+    tta: Tta,
     quiet: bool,
 ) -> Result<EvalReport> {
     let run = RunDir::new(run);
@@ -129,6 +130,7 @@ pub fn evaluate_run(
         labels: config.labels.clone(),
         batch: 4,
         workers: 2,
+        tta,
     };
     let bar = crate::progress::bar(source.len() as u64, quiet, "eval", "images");
     let matrix = evaluate(&model, &source, &plan, &device, |k| bar.inc(k as u64))?;
@@ -138,7 +140,7 @@ pub fn evaluate_run(
         .root
         .as_ref()
         .map_or("synthetic scenes".into(), |r| r.display().to_string());
-    let scored = if spec.val_sequences.is_empty() || spec.root.is_none() {
+    let mut scored = if spec.val_sequences.is_empty() || spec.root.is_none() {
         format!("the {split} split of {data}")
     } else {
         format!(
@@ -146,6 +148,9 @@ pub fn evaluate_run(
             spec.val_sequences.join(", ")
         )
     };
+    if tta == Tta::Flip {
+        scored += ", each picture averaged with its mirror image (--tta flip)";
+    }
     Ok(EvalReport {
         classes,
         matrix,

@@ -14,10 +14,44 @@ use crate::model::Model;
 ///
 /// `images` is `[n, 3, h, w]` row-major; returns `[n, h, w]` class ids.
 pub fn predict(model: &Model, images: Vec<f32>, n: usize, size: Size, device: &Device) -> Vec<u8> {
+    predict_with(model, images, n, size, device, Tta::None)
+}
+
+/// Test-time augmentation: what is averaged before the argmax.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tta {
+    /// The picture alone.
+    #[default]
+    None,
+    /// The picture and its mirror image (mirrored back): twice the cost.
+    Flip,
+}
+
+/// [`predict`] with test-time augmentation `tta`.
+pub fn predict_with(
+    model: &Model,
+    images: Vec<f32>,
+    n: usize,
+    size: Size,
+    device: &Device,
+    tta: Tta,
+) -> Vec<u8> {
     let (h, w) = (size.height as usize, size.width as usize);
     let x = Tensor::<4>::from_data(TensorData::new(images, [n, 3, h, w]), device);
-    let classes = model.forward(x).argmax(1); // [n, 1, h, w]
+    let classes = logits_with(model, x, tta).argmax(1); // [n, 1, h, w]
     classes.into_data().iter::<i64>().map(|c| c as u8).collect()
+}
+
+/// The scores `[n, classes, h, w]` of `x` under test-time augmentation `tta`
+/// (summed, not averaged, over the views: the argmax is the same).
+fn logits_with(model: &Model, x: Tensor<4>, tta: Tta) -> Tensor<4> {
+    match tta {
+        Tta::None => model.forward(x),
+        Tta::Flip => {
+            let mirrored = model.forward(x.clone().flip([3])).flip([3]);
+            model.forward(x) + mirrored
+        }
+    }
 }
 
 /// Resizes a mask with nearest-neighbour sampling.
@@ -66,6 +100,8 @@ pub struct EvalPlan {
     pub batch: usize,
     /// Loader threads.
     pub workers: usize,
+    /// Test-time augmentation.
+    pub tta: Tta,
 }
 
 /// Scores `model` on every sample of `source` at the labels' own resolution:
@@ -92,9 +128,61 @@ pub fn evaluate(
     };
     for batch in batches(source, &batch_plan) {
         let batch = batch?;
-        let predicted = predict(model, batch.images.clone(), batch.len, batch.size, device);
+        let predicted = predict_with(
+            model,
+            batch.images.clone(),
+            batch.len,
+            batch.size,
+            device,
+            plan.tta,
+        );
         score(&batch, &predicted, &mut matrix);
         on_batch(batch.len);
     }
     Ok(matrix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+
+    #[test]
+    fn flip_averaging_makes_the_scores_mirror_symmetric() {
+        let device = Device::flex();
+        device.seed(3);
+        let model = ModelConfig::Unet {
+            num_classes: 5,
+            base_width: 4,
+            depth: 2,
+            bilinear: false,
+        }
+        .init(&device);
+        let (n, h, w) = (2, 12, 20);
+        let x = Tensor::<4>::random(
+            [n, 3, h, w],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        // How far the scores of `x` are from the mirrored scores of its mirror image.
+        let asymmetry = |tta| {
+            let a = logits_with(&model, x.clone(), tta);
+            let b = logits_with(&model, x.clone().flip([3]), tta).flip([3]);
+            (a - b).abs().max().into_scalar::<f32>()
+        };
+        // A plain network is not mirror-symmetric...
+        assert!(asymmetry(Tta::None) > 1e-3);
+        // ...its flip average is, exactly: f(x) + m(f(m(x))) is the mirror of
+        // the same sum for m(x).
+        assert_eq!(asymmetry(Tta::Flip), 0.0);
+        let masks = predict_with(
+            &model,
+            x.into_data().iter::<f32>().collect(),
+            n,
+            Size::new(w as u32, h as u32),
+            &device,
+            Tta::Flip,
+        );
+        assert_eq!(masks.len(), n * h * w);
+    }
 }

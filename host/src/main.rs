@@ -100,6 +100,10 @@ enum Command {
         /// Weights to score: best.bpk or last.bpk.
         #[arg(long, default_value = "best.bpk")]
         weights: String,
+        /// Test-time augmentation: `flip` averages each picture's scores with
+        /// its mirror image's (twice the inference).
+        #[arg(long, value_enum, default_value_t = host::inference::Tta::None)]
+        tta: host::inference::Tta,
         /// Also write the scores as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -292,8 +296,17 @@ struct TrainArgs {
     #[arg(long)]
     no_flip: bool,
     /// Largest random zoom (scale then crop); 1 switches it off.
-    #[arg(long, default_value_t = Augment::default().max_scale)]
+    #[arg(long, default_value_t = Augment::default().max_scale, value_parser = parse_scale)]
     max_scale: f32,
+    /// Smallest random zoom: below 1, zooms are drawn log-uniformly between
+    /// --min-scale and --max-scale and taken from the source picture (a zoom
+    /// out shrinks the picture onto a void border); 1 keeps zooms in only.
+    #[arg(long, default_value_t = Augment::default().min_scale, value_parser = parse_min_scale)]
+    min_scale: f32,
+    /// White-balance jitter: each colour channel scaled by a factor in
+    /// [1-w, 1+w]; 0 switches it off.
+    #[arg(long, default_value_t = Augment::default().white_balance, value_parser = parse_jitter)]
+    white_balance: f32,
     /// Largest random rotation in degrees; 0 switches it off.
     #[arg(long, default_value_t = Augment::default().rotate_degrees)]
     rotate: f32,
@@ -405,9 +418,11 @@ impl TrainArgs {
         c.schedule = self.schedule;
         c.loss = self.loss.clone();
         c.class_weights = self.class_weights.clone();
-        c.augment = (!self.no_augment).then(|| host::data::Augment {
+        c.augment = (!self.no_augment).then_some(host::data::Augment {
             flip: !self.no_flip,
-            max_scale: self.max_scale.max(1.0),
+            max_scale: self.max_scale,
+            min_scale: self.min_scale,
+            white_balance: self.white_balance,
             rotate_degrees: self.rotate,
             color_jitter: self.color_jitter,
             noise: self.noise,
@@ -429,6 +444,29 @@ fn parse_minutes(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(m) if m.is_finite() && m > 0.0 => Ok(m),
         _ => Err(format!("expected a positive number of minutes, got {s:?}")),
+    }
+}
+
+fn parse_scale(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(f) if (1.0..=8.0).contains(&f) => Ok(f),
+        _ => Err(format!("expected a zoom factor between 1 and 8, got {s:?}")),
+    }
+}
+
+fn parse_min_scale(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(f) if (0.125..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "expected a zoom factor between 0.125 and 1, got {s:?}"
+        )),
+    }
+}
+
+fn parse_jitter(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(f) if (0.0..1.0).contains(&f) => Ok(f),
+        _ => Err(format!("expected a fraction in [0, 1), got {s:?}")),
     }
 }
 
@@ -540,10 +578,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             split,
             weights,
+            tta,
             json,
         } => {
             let report =
-                host::eval::evaluate_run(&run, data.as_deref(), &split, &weights, cli.quiet)
+                host::eval::evaluate_run(&run, data.as_deref(), &split, &weights, tta, cli.quiet)
                     .with_context(|| format!("evaluating {}", run.display()))?;
             print!("{}", report.table());
             if let Some(path) = json {

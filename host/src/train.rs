@@ -15,7 +15,7 @@ use firmware::metrics::ConfusionMatrix;
 use crate::config::{ClassWeights, OptimizerKind, TrainConfig};
 use crate::data::{BatchPlan, Source, batches};
 use crate::error::{Error, Result};
-use crate::inference::{EvalPlan, evaluate};
+use crate::inference::{EvalPlan, Tta, evaluate};
 use crate::loss::{LossConfig, median_frequency_weights};
 use crate::model::{Model, ModelConfig};
 use crate::optim::FusedAdam;
@@ -228,6 +228,7 @@ pub fn train(
         labels: config.labels.clone(),
         batch: config.batch,
         workers: config.workers,
+        tta: Tta::None,
     };
     let mut last_matrix = ConfusionMatrix::new(n_classes, Some(config.labels.void));
     // Time spent by earlier sessions of this run counts against the budget.
@@ -775,6 +776,7 @@ mod tests {
             labels: config.labels.clone(),
             batch: 4,
             workers: 1,
+            tta: Tta::None,
         };
         let m = evaluate(&best, &val, &plan, &Device::flex(), |_| {}).unwrap();
         assert!(
