@@ -94,6 +94,9 @@ pub enum Error {
     /// A setting given as text that does not parse.
     #[error(transparent)]
     Parse(#[from] ParseError),
+    /// A training device this build or machine cannot give.
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
     /// An argument outside what the operation accepts.
     #[error("{0}")]
     Invalid(String),

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod data;
 pub mod demo;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod export;

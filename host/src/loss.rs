@@ -3,7 +3,6 @@
 
 use crate::error::ParseError;
 use burn::prelude::*;
-#[cfg(test)]
 use burn::tensor::activation::{log_softmax, softmax};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -285,10 +284,10 @@ impl LossConfig {
         LossGradient { value, grad, dot }
     }
 
-    /// The same loss composed from tensor operations, differentiated by autodiff:
-    /// the reference the fused [`LossConfig::forward`] is tested against.
-    #[cfg(test)]
-    fn reference(
+    /// The same loss composed from tensor operations, differentiated by
+    /// autodiff: what runs on GPU devices, where the logits stay on the device,
+    /// and the reference the fused [`LossConfig::forward`] is tested against.
+    pub fn composed(
         &self,
         logits: Tensor<4>,
         targets: Tensor<3, Int>,
@@ -528,7 +527,7 @@ mod tests {
                     let loss = if fused {
                         cfg.forward(x.clone(), targets.clone(), cw, 6)
                     } else {
-                        cfg.reference(x.clone(), targets.clone(), cw, 6)
+                        cfg.composed(x.clone(), targets.clone(), cw, 6)
                     };
                     let grads = loss.clone().backward();
                     let g = x

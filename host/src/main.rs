@@ -218,6 +218,9 @@ enum Command {
         /// Untimed steps first.
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// Device (as `edgeseg train --device`).
+        #[arg(long, default_value = "cpu")]
+        device: host::device::DeviceSpec,
     },
 }
 
@@ -364,6 +367,12 @@ struct TrainArgs {
     /// Loader threads.
     #[arg(long, default_value_t = defaults::WORKERS)]
     workers: usize,
+    /// Device to train on: cpu, or with the matching cargo feature wgpu,
+    /// vulkan, cuda or rocm, each optionally `:N` for GPU number N (wgpu and
+    /// vulkan also take `:cpu`, a software adapter such as lavapipe). Not
+    /// stored in the run: a run resumes on any device.
+    #[arg(long, default_value = "cpu")]
+    device: host::device::DeviceSpec,
     /// Run folder: config.json, best.bpk, last.bpk, metrics.csv, curves.png.
     #[arg(long)]
     out: PathBuf,
@@ -557,15 +566,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 args.config()?
             };
-            eprintln!("{}", config.describe());
+            eprintln!("{} on {}", config.describe(), args.device);
             let start = match (args.resume, args.overwrite) {
                 (true, _) => host::run::Start::Resume,
                 (false, true) => host::run::Start::Overwrite,
                 (false, false) => host::run::Start::New,
             };
             let summary =
-                host::train::train(&config, &run, start, cli.quiet, |line| println!("{line}"))
-                    .with_context(|| format!("training into {}", args.out.display()))?;
+                host::train::train_on(&args.device, &config, &run, start, cli.quiet, |line| {
+                    println!("{line}")
+                })
+                .with_context(|| format!("training into {}", args.out.display()))?;
             println!(
                 "best validation mIoU {:.4} at epoch {}; run folder {}",
                 summary.state.best_miou,
@@ -663,6 +674,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             batch,
             steps,
             warmup,
+            device,
         } => {
             use host::model::ModelConfig;
             let config = match model {
@@ -670,7 +682,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Arch::Linknet18 => ModelConfig::linknet(11, 18, width),
                 Arch::Linknet34 => ModelConfig::linknet(11, 34, width),
             };
-            let times = host::train::bench_steps(&config, size, batch, warmup, steps);
+            let times = host::train::bench_steps(&device, &config, size, batch, warmup, steps)?;
             println!("{}", times.to_json());
         }
         Command::Export {

@@ -7,13 +7,14 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use firmware::Size;
 use firmware::metrics::ConfusionMatrix;
 
 use crate::config::{ClassWeights, OptimizerKind, TrainConfig};
 use crate::data::{BatchPlan, Source, batches};
+use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::inference::{EvalPlan, Tta, evaluate};
 use crate::loss::{LossConfig, median_frequency_weights};
@@ -22,13 +23,18 @@ use crate::optim::FusedAdam;
 use crate::run::{EpochRecord, RunDir, RunState, Start, model_bytes};
 
 /// The optimiser `config` asks for.
-fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
+/// The optimiser of `config` on `device`: the fused Adam on the CPU, Burn's
+/// own (the same state, so checkpoints move between devices) elsewhere.
+fn optimizer(config: &TrainConfig, device: &DeviceSpec) -> ModuleOptimizer {
     let wd = config.weight_decay as f32;
+    let decay = (wd > 0.0).then(|| WeightDecayConfig::new(wd));
     match config.optimizer {
-        OptimizerKind::Adam => FusedAdam::adam(wd).init(),
-        OptimizerKind::Adamw => FusedAdam::adamw(wd).init(),
+        OptimizerKind::Adam if device.is_cpu() => FusedAdam::adam(wd).init(),
+        OptimizerKind::Adamw if device.is_cpu() => FusedAdam::adamw(wd).init(),
+        OptimizerKind::Adam => AdamConfig::new().with_weight_decay(decay).init(),
+        OptimizerKind::Adamw => AdamWConfig::new().with_weight_decay(wd).init(),
         OptimizerKind::Sgd => SgdConfig::new()
-            .with_weight_decay((wd > 0.0).then(|| WeightDecayConfig::new(wd)))
+            .with_weight_decay(decay)
             .with_momentum(Some(MomentumConfig {
                 momentum: 0.9,
                 dampening: 0.0,
@@ -108,18 +114,32 @@ fn initial_model(
     Ok(model)
 }
 
-/// Trains `config` into the run folder `run` (see [`Start`] for how an
-/// existing folder is treated; resuming takes the configuration from the
-/// folder). Every input is validated before anything is written. `log`
+/// Trains `config` into the run folder `run` on the CPU (see [`Start`] for
+/// how an existing folder is treated; resuming takes the configuration from
+/// the folder). Every input is validated before anything is written. `log`
 /// receives one line per epoch.
 pub fn train(
     config: &TrainConfig,
     run: &RunDir,
     start: Start,
     quiet: bool,
+    log: impl FnMut(&str),
+) -> Result<TrainSummary> {
+    train_on(&DeviceSpec::CPU, config, run, start, quiet, log)
+}
+
+/// [`train`] on `on`: any device, including one other than the run was
+/// started on when resuming.
+pub fn train_on(
+    on: &DeviceSpec,
+    config: &TrainConfig,
+    run: &RunDir,
+    start: Start,
+    quiet: bool,
     mut log: impl FnMut(&str),
 ) -> Result<TrainSummary> {
-    let device = Device::flex().autodiff();
+    let eval_device = on.device()?;
+    let device = eval_device.clone().autodiff();
     let (config, mut state, mut model, mut optim) = if start == Start::Resume {
         let config = run.config()?;
         let state = run.state()?;
@@ -130,12 +150,12 @@ pub fn train(
                 run.path.display()
             ));
             let model = initial_model(&config, &device, &mut log)?;
-            let optim = optimizer(&config);
+            let optim = optimizer(&config, on);
             (config, state, model, optim)
         } else {
             let model = run.load_model("last.bpk", &device)?;
             let optim_path = run.optimizer_path(&state);
-            let optim = optimizer(&config)
+            let optim = optimizer(&config, on)
                 .load(&optim_path)
                 .map_err(|e| Error::BadFile {
                     path: optim_path.clone(),
@@ -176,7 +196,7 @@ pub fn train(
             config.clone(),
             RunState::default(),
             model,
-            optimizer(config),
+            optimizer(config, on),
         )
     };
     let (train_source, val_source) = config.sources()?;
@@ -282,10 +302,10 @@ pub fn train(
             crop: config.crop.map(scale),
         };
         let progress = crate::progress::bar(
-            batches_per_epoch as u64,
+            train_source.len() as u64,
             quiet,
-            format!("epoch {of}"),
-            "batches",
+            format!("epoch {of} on {on}"),
+            "images",
         );
         let (mut loss_sum, mut seen, mut lr) = (0.0f64, 0usize, config.lr);
         for (i, batch) in batches(&train_source, &plan).enumerate() {
@@ -300,10 +320,15 @@ pub fn train(
             let targets: Vec<i64> = batch.masks.iter().map(|&m| m as i64).collect();
             let y =
                 Tensor::<3, Int>::from_data(TensorData::new(targets, [batch.len, h, w]), &device);
-            let loss =
-                config
-                    .loss
-                    .forward(model.forward(x), y, weights.as_ref(), config.labels.void);
+            let logits = model.forward(x);
+            let void = config.labels.void;
+            // The fused loss reads the logits on the CPU; elsewhere they stay
+            // on the device.
+            let loss = if on.is_cpu() {
+                config.loss.forward(logits, y, weights.as_ref(), void)
+            } else {
+                config.loss.composed(logits, y, weights.as_ref(), void)
+            };
             let value = loss
                 .clone()
                 .into_data()
@@ -319,9 +344,9 @@ pub fn train(
             model = optim.step(lr, model, grads);
             loss_sum += value * batch.len as f64;
             seen += batch.len;
-            progress.inc(1);
+            progress.inc(batch.len as u64);
             progress.set_message(format!(
-                "epoch {of} loss {:.4} lr {lr:.2e}",
+                "epoch {of} on {on} loss {:.4} lr {lr:.2e}",
                 loss_sum / seen as f64
             ));
             if config.time_limit.is_some_and(|limit| elapsed() >= limit) {
@@ -341,7 +366,7 @@ pub fn train(
                 &model.valid(),
                 &val_source,
                 &eval_plan,
-                &Device::flex(),
+                &eval_device,
                 |_| {},
             )?)
         } else {
@@ -421,6 +446,8 @@ pub fn train(
 /// Timed training steps of one network: what `edgeseg bench-step` prints.
 #[derive(Clone, Debug)]
 pub struct StepTimes {
+    /// Where the steps ran.
+    pub device: DeviceSpec,
     /// The network's name.
     pub model: String,
     /// Input size.
@@ -444,33 +471,49 @@ impl StepTimes {
 
     /// The JSON line `bench/train-step.sh` reads beside PyTorch's.
     pub fn to_json(&self) -> serde_json::Value {
+        let backend = if self.device.is_cpu() {
+            "burn-flex".to_string()
+        } else {
+            self.device.to_string()
+        };
+        let median = self.median();
         serde_json::json!({
-            "framework": "burn 0.22 (burn-flex)",
+            "framework": format!("burn 0.22 ({backend})"),
+            "device": self.device.to_string(),
             "model": self.model,
             "size": self.size.to_string(),
             "batch": self.batch,
             "params": self.params,
-            "median_s": self.median(),
+            "median_s": median,
+            "images_per_s": self.batch as f64 / median,
             "steps_s": self.seconds,
         })
     }
 }
 
 /// Times `steps` full training steps (forward, cross-entropy, backward, Adam
-/// update) of `model` on random `[batch, 3, h, w]` data, after `warmup` untimed
-/// steps; the Burn half of the PyTorch comparison in `bench/`.
+/// update) of `model` on random `[batch, 3, h, w]` data on `on`, after
+/// `warmup` untimed steps; the Burn half of the PyTorch comparison in
+/// `bench/`, and `bench/gpu.sh`'s measure. Each step ends when the device has
+/// finished it.
 pub fn bench_steps(
+    on: &DeviceSpec,
     model: &ModelConfig,
     size: Size,
     batch: usize,
     warmup: usize,
     steps: usize,
-) -> StepTimes {
-    let device = Device::flex().autodiff();
+) -> Result<StepTimes> {
+    let device = on.device()?.autodiff();
     device.seed(0);
     let mut net = model.init(&device);
     let params = net.num_params();
-    let mut optim = FusedAdam::adam(0.0).init();
+    let config = TrainConfig {
+        optimizer: OptimizerKind::Adam,
+        weight_decay: 0.0,
+        ..TrainConfig::new(model.clone(), size)
+    };
+    let mut optim = optimizer(&config, on);
     let (h, w) = (size.height as usize, size.width as usize);
     let classes = model.num_classes();
     let x = Tensor::<4>::random(
@@ -487,21 +530,30 @@ pub fn bench_steps(
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         let started = Instant::now();
-        let l = loss.forward(net.forward(x.clone()), y.clone(), None, 255);
+        let logits = net.forward(x.clone());
+        let l = if on.is_cpu() {
+            loss.forward(logits, y.clone(), None, 255)
+        } else {
+            loss.composed(logits, y.clone(), None, 255)
+        };
         let grads = GradientsParams::from_grads(l.backward(), &net);
-        // burn-flex runs eagerly: the update is done when `step` returns.
         net = optim.step(1e-3, net, grads);
+        // burn-flex runs eagerly; other backends queue their kernels.
+        device
+            .sync()
+            .map_err(|e| Error::Invalid(format!("{on}: {e:?}")))?;
         if i >= warmup {
             times.push(started.elapsed().as_secs_f64());
         }
     }
-    StepTimes {
+    Ok(StepTimes {
+        device: *on,
         model: model.name(),
         size,
         batch,
         params,
         seconds: times,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -819,5 +871,88 @@ mod tests {
         config.class_weights = ClassWeights::Given(vec![1.0; 11]);
         let json = serde_json::to_string(&config).unwrap();
         assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), config);
+    }
+
+    /// Whether Mesa's lavapipe (a Vulkan on the CPU, `wgpu:cpu`) is installed;
+    /// CI must have it (`.ci/run` installs mesa-vulkan-drivers).
+    #[cfg(feature = "wgpu")]
+    fn lavapipe() -> bool {
+        let found = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
+            .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("lvp_icd")));
+        assert!(
+            found || std::env::var_os("CI").is_none(),
+            "CI needs lavapipe for the wgpu tests: apt-get install mesa-vulkan-drivers"
+        );
+        if !found {
+            eprintln!("skipping: no lavapipe here (apt-get install mesa-vulkan-drivers)");
+        }
+        found
+    }
+
+    /// A run moves between devices: two epochs on the CPU, the third on wgpu
+    /// (Mesa's lavapipe in CI, a real Vulkan on the CPU) and, for
+    /// comparison, on the CPU again; then the wgpu epoch's checkpoint exports
+    /// to an ONNX file that tract runs like Burn.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn a_cpu_run_resumes_on_wgpu_and_exports() {
+        if !lavapipe() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (config, run) = tiny(dir.path(), 2);
+        let first = train(&config, &run, Start::New, true, |_| {}).unwrap();
+        assert_eq!(first.state.epochs_done, 2);
+        // One more epoch, in two copies of the run.
+        let third = TrainConfig {
+            epochs: Some(3),
+            ..config
+        };
+        run.write_json("config.json", &third).unwrap();
+        let copy = RunDir::new(dir.path().join("cpu"));
+        std::fs::create_dir_all(&copy.path).unwrap();
+        for entry in std::fs::read_dir(&run.path).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), copy.path.join(entry.file_name())).unwrap();
+        }
+        let wgpu: DeviceSpec = "wgpu:cpu".parse().unwrap();
+        let on_gpu = train_on(&wgpu, &third, &run, Start::Resume, true, |_| {}).unwrap();
+        let on_cpu = train(&third, &copy, Start::Resume, true, |_| {}).unwrap();
+        let (g, c) = (&on_gpu.state.history[2], &on_cpu.state.history[2]);
+        assert_eq!((g.epoch, c.epoch), (3, 3));
+        // The same epoch from the same weights: the loss and the scores agree
+        // up to the float rounding of two backends.
+        let rel = (g.train_loss - c.train_loss).abs() / c.train_loss;
+        assert!(
+            rel < 0.02,
+            "train loss wgpu {} cpu {}",
+            g.train_loss,
+            c.train_loss
+        );
+        let acc = |r: &EpochRecord| r.val_pixel_accuracy.unwrap();
+        assert!((acc(g) - acc(c)).abs() < 0.02, "{g:?} {c:?}");
+        // The wgpu checkpoint exports and tract agrees with Burn on it.
+        let onnx = dir.path().join("model.onnx");
+        let report = crate::export::export_run(&run, "last.bpk", None, &onnx, 2).unwrap();
+        report.agreement.check().unwrap();
+    }
+
+    /// Training from scratch on wgpu (lavapipe in CI) learns: the loss falls
+    /// with the composed loss and Burn's AdamW.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn training_on_wgpu_lowers_the_loss() {
+        if !lavapipe() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (config, run) = tiny(dir.path(), 6);
+        let wgpu: DeviceSpec = "wgpu:cpu".parse().unwrap();
+        let summary = train_on(&wgpu, &config, &run, Start::New, true, |_| {}).unwrap();
+        let h = &summary.state.history;
+        assert!(h[5].train_loss < 0.85 * h[0].train_loss, "{h:?}");
     }
 }
