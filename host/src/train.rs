@@ -44,6 +44,24 @@ fn optimizer(config: &TrainConfig, device: &DeviceSpec) -> ModuleOptimizer {
     }
 }
 
+/// `loss` of `logits` on device `on`: the fused passes on the CPU (they read
+/// the logits there), the composed tensor operations elsewhere, so the
+/// logits stay on the device.
+fn loss_on(
+    on: &DeviceSpec,
+    loss: &LossConfig,
+    logits: Tensor<4>,
+    targets: Tensor<3, Int>,
+    class_weights: Option<&Tensor<1>>,
+    void: u8,
+) -> Tensor<1> {
+    if on.is_cpu() {
+        loss.forward(logits, targets, class_weights, void)
+    } else {
+        loss.composed(logits, targets, class_weights, void)
+    }
+}
+
 /// What a finished (or stopped) run reports.
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
@@ -320,15 +338,14 @@ pub fn train_on(
             let targets: Vec<i64> = batch.masks.iter().map(|&m| m as i64).collect();
             let y =
                 Tensor::<3, Int>::from_data(TensorData::new(targets, [batch.len, h, w]), &device);
-            let logits = model.forward(x);
-            let void = config.labels.void;
-            // The fused loss reads the logits on the CPU; elsewhere they stay
-            // on the device.
-            let loss = if on.is_cpu() {
-                config.loss.forward(logits, y, weights.as_ref(), void)
-            } else {
-                config.loss.composed(logits, y, weights.as_ref(), void)
-            };
+            let loss = loss_on(
+                on,
+                &config.loss,
+                model.forward(x),
+                y,
+                weights.as_ref(),
+                config.labels.void,
+            );
             let value = loss
                 .clone()
                 .into_data()
@@ -530,12 +547,7 @@ pub fn bench_steps(
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         let started = Instant::now();
-        let logits = net.forward(x.clone());
-        let l = if on.is_cpu() {
-            loss.forward(logits, y.clone(), None, 255)
-        } else {
-            loss.composed(logits, y.clone(), None, 255)
-        };
+        let l = loss_on(on, &loss, net.forward(x.clone()), y.clone(), None, 255);
         let grads = GradientsParams::from_grads(l.backward(), &net);
         net = optim.step(1e-3, net, grads);
         // burn-flex runs eagerly; other backends queue their kernels.

@@ -98,6 +98,9 @@ fn bad_option_values_name_the_flag_and_what_it_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let out = out.to_str().unwrap();
+    let quantize = &[
+        "quantize", "--model", "m.onnx", "--calib", "c", "--out", "q.onnx",
+    ][..];
     for (args, flag, expected) in [
         (
             &["train", "--out", out, "--class-weights", "1,x"][..],
@@ -115,32 +118,12 @@ fn bad_option_values_name_the_flag_and_what_it_accepts() {
             "0",
         ),
         (
-            &[
-                "quantize",
-                "--model",
-                "m.onnx",
-                "--calib",
-                "c",
-                "--out",
-                "q.onnx",
-                "--calibration",
-                "42",
-            ],
+            &[quantize, &["--calibration", "42"][..]].concat()[..],
             "--calibration",
             "minmax or a percentile",
         ),
         (
-            &[
-                "quantize",
-                "--model",
-                "m.onnx",
-                "--calib",
-                "c",
-                "--out",
-                "q.onnx",
-                "--activations",
-                "i4",
-            ],
+            &[quantize, &["--activations", "i4"][..]].concat()[..],
             "--activations",
             "i8 or u8",
         ),
