@@ -70,8 +70,9 @@ impl std::str::FromStr for Precision {
 pub struct Options {
     /// Translate a float model to 16-bit floats before optimising.
     pub f16: bool,
-    /// Run 3x3 stride-1 float convolutions with Winograd F(2x2, 3x3)
-    /// ([`winograd`]) instead of tract's im2col and matrix product.
+    /// Run 3x3 stride-1 float convolutions with Winograd F(4x4, 3x3) or
+    /// F(2x2, 3x3) ([`winograd`]) instead of tract's im2col and matrix
+    /// product.
     pub winograd: bool,
     /// Run the float convolutions edgeseg has operators for with them
     /// instead of tract's im2col, packed products and `DeconvSum`: 1x1
