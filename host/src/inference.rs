@@ -42,6 +42,14 @@ pub fn predict_with(
     classes.into_data().iter::<i64>().map(|c| c as u8).collect()
 }
 
+/// The scores `[n, classes, h, w]` (row-major) of a batch of normalised
+/// images `[n, 3, h, w]`: what [`predict`] takes the argmax of.
+pub fn logits(model: &Model, images: Vec<f32>, n: usize, size: Size, device: &Device) -> Vec<f32> {
+    let (h, w) = (size.height as usize, size.width as usize);
+    let x = Tensor::<4>::from_data(TensorData::new(images, [n, 3, h, w]), device);
+    model.forward(x).into_data().iter::<f32>().collect()
+}
+
 /// The scores `[n, classes, h, w]` of `x` under test-time augmentation `tta`
 /// (summed, not averaged, over the views: the argmax is the same).
 fn logits_with(model: &Model, x: Tensor<4>, tta: Tta) -> Tensor<4> {

@@ -56,6 +56,14 @@ impl Predictor {
         predict(&self.model, input, 1, size, &self.device)
     }
 
+    /// The scores `[classes, h, w]` behind [`Self::mask`].
+    pub fn logits(&self, image: &RgbImage) -> Vec<f32> {
+        let size = self.size;
+        let mut input = vec![0.0; 3 * size.area()];
+        board_input(image, size, &self.normalize, &mut input);
+        crate::inference::logits(&self.model, input, 1, size, &self.device)
+    }
+
     /// The class mask of `image`, at the image's own size.
     pub fn segment(&self, image: &RgbImage) -> Vec<u8> {
         let mask = self.mask(image);

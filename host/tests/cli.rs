@@ -606,12 +606,27 @@ fn killed_training_resumes_exactly() {
     let expected = history(&reference);
     assert_eq!(expected.len(), epochs);
 
-    // Kill at moments spread over an epoch's length (start-up, mid-epoch,
-    // while checkpoints are written), resuming each time, until it finishes.
+    // Kill at three kinds of moment in turn, resuming each time until an
+    // attempt finishes: during start-up (a tenth of the uninterrupted run's
+    // time), as soon as a new epoch is recorded (its checkpoints just written,
+    // the next epoch starting), and half an epoch's share later (mid-epoch).
+    // Moments tied to the run's own progress rather than to guessed times:
+    // kills that only guessed missed every first checkpoint once start-up
+    // outgrew an epoch, and interrupted nothing on a machine faster than
+    // during the reference run.
     let run = dir.path().join("run");
-    let step = whole / (2 * epochs as u32 + 3);
+    // Epochs the run's state records (its state is renamed into place, so a
+    // read sees a whole one).
+    let done = |run: &Path| -> usize {
+        std::fs::read(run.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|s| s["history"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
     let (mut kills, mut attempt, mut progress) = (0, 0, Vec::new());
     loop {
+        let before = done(&run);
         let resume = run.join("config.json").is_file();
         let args = tiny_train(&run, epochs, if resume { &["--resume"] } else { &[] });
         let mut child = Command::new(env!("CARGO_BIN_EXE_edgeseg"))
@@ -620,9 +635,22 @@ fn killed_training_resumes_exactly() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        match attempt % 3 {
+            0 => std::thread::sleep(whole / 10),
+            kind => {
+                let waiting = Instant::now();
+                while child.try_wait().unwrap().is_none()
+                    && done(&run) == before
+                    && waiting.elapsed() < 20 * whole
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                if kind == 2 {
+                    std::thread::sleep(whole / (2 * epochs as u32));
+                }
+            }
+        }
         attempt += 1;
-        let delay = step * (1 + (attempt * 7) % 5) / 2;
-        std::thread::sleep(delay);
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
             child.wait().unwrap();

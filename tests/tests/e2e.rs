@@ -120,6 +120,9 @@ fn board_against_predict(run: &RunDir, data: &Path, source: &str, frames: u64) -
                 .filter(|(a, b)| a == b)
                 .count();
             total += board.len();
+            if i == 0 {
+                only_ties(&predictor.logits(&frame), &board, &workstation, &stem);
+            }
         }
         assert_eq!(total, frames as usize * predictor.size.area());
         agreement[i] = same as f64 / total as f64;
@@ -130,6 +133,30 @@ fn board_against_predict(run: &RunDir, data: &Path, source: &str, frames: u64) -
         100.0 * agreement[1]
     );
     agreement
+}
+
+/// Where the float board's mask and the workstation's differ, the two
+/// classes tie in the workstation's `logits` (`[classes, h, w]`) within the
+/// engine's tolerance (1e-4 of the largest logit's magnitude: two engines
+/// round differently, so an exact tie may fall either way); everywhere else
+/// they are equal. So the masks are the same up to ties, which is what
+/// "identical" can mean across Burn and tract.
+fn only_ties(logits: &[f32], board: &[u8], workstation: &[u8], frame: &str) {
+    let pixels = board.len();
+    let scale = logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for (p, (&b, &w)) in board.iter().zip(workstation).enumerate() {
+        if b != w {
+            let (lb, lw) = (
+                logits[b as usize * pixels + p],
+                logits[w as usize * pixels + p],
+            );
+            assert!(
+                lw - lb <= 1e-4 * scale,
+                "frame {frame}, pixel {p}: the board says class {b} ({lb}), predict {w} ({lw}); \
+                 not a tie (largest logit {scale})"
+            );
+        }
+    }
 }
 
 #[test]
@@ -148,7 +175,7 @@ fn synthetic_scenes_to_board_masks_that_match_predict() {
     // The synthetic drive at twice the model's size and more (the board
     // shrinks it by area): predict must prepare pictures as the board does.
     let [float, int8] = board_against_predict(&run, &data, "synthetic:200x140", 4);
-    assert_eq!(float, 1.0, "float masks equal predict's");
+    assert!(float >= 0.9999, "float agreement {float}");
     assert!(int8 >= 0.99, "int8 agreement {int8}");
 }
 
@@ -184,6 +211,6 @@ fn camvid_images_to_board_masks_that_match_predict() {
     let run = train_small(&data, dir.path(), size, 3);
     let source = format!("dir:{}", data.join("val").display());
     let [float, int8] = board_against_predict(&run, &data, &source, 4);
-    assert_eq!(float, 1.0, "float masks equal predict's");
+    assert!(float >= 0.9999, "float agreement {float}");
     assert!(int8 >= 0.99, "int8 agreement {int8}");
 }
