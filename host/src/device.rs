@@ -186,6 +186,25 @@ impl FromStr for DeviceSpec {
     }
 }
 
+/// Whether Mesa's lavapipe (a Vulkan on the CPU, `wgpu:cpu`) is installed;
+/// CI must have it (`.ci/run` installs mesa-vulkan-drivers).
+#[cfg(all(test, feature = "wgpu"))]
+pub(crate) fn lavapipe() -> bool {
+    let found = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("lvp_icd")));
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "CI needs lavapipe for the wgpu tests: apt-get install mesa-vulkan-drivers"
+    );
+    if !found {
+        eprintln!("skipping: no lavapipe here (apt-get install mesa-vulkan-drivers)");
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

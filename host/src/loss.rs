@@ -493,11 +493,11 @@ mod tests {
         assert!((sum - ce - 0.5 * (1.0 - 2.0 / 3.0)).abs() < 1e-5);
     }
 
-    /// The fused loss and its gradient match the composed tensor-op reference on
-    /// random logits with void pixels, class weights and every term.
-    #[test]
-    fn fused_value_and_gradient_match_autodiff_of_the_reference() {
-        let device = Device::flex().autodiff();
+    /// Random logits `[3, 5, 7, 9]` (normal, sd 3), labels with void pixels
+    /// (6) and a class that never appears, class weights, and the loss
+    /// configurations: every term alone and together.
+    fn equivalence_case() -> (TensorData, TensorData, TensorData, Vec<LossConfig>) {
+        let device = Device::flex();
         device.seed(7);
         let (b, c, h, w) = (3, 5, 7, 9);
         let logits = Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, 3.0), &device);
@@ -505,12 +505,8 @@ mod tests {
         let labels: Vec<i64> = (0..b * h * w)
             .map(|i| [0, 1, 3, 4, 6, 1, 0][(i * 7 + i / 5) % 7])
             .collect();
-        let targets = Tensor::<3, Int>::from_data(TensorData::new(labels, [b, h, w]), &device);
-        let weights = Tensor::<1>::from_data(
-            TensorData::new(vec![0.5f32, 2.0, 1.0, 0.7, 3.0], [c]),
-            &device,
-        );
-        let configs = [
+        let weights = TensorData::new(vec![0.5f32, 2.0, 1.0, 0.7, 3.0], [c]);
+        let configs = vec![
             LossConfig::default(),
             "dice".parse::<LossConfig>().unwrap(),
             "focal".parse::<LossConfig>().unwrap(),
@@ -520,38 +516,91 @@ mod tests {
                 .."focal".parse::<LossConfig>().unwrap()
             },
         ];
+        let labels = TensorData::new(labels, [b, h, w]);
+        (logits.into_data(), labels, weights, configs)
+    }
+
+    /// The loss of `cfg` on `device` (autodiff), fused or composed, and its
+    /// gradient with respect to the logits.
+    fn loss_and_gradient(
+        cfg: &LossConfig,
+        [logits, labels, weights]: [&TensorData; 3],
+        weighted: bool,
+        device: &Device,
+        fused: bool,
+    ) -> (f32, Vec<f32>) {
+        let x = Tensor::<4>::from_data(logits.clone(), device).require_grad();
+        let targets = Tensor::<3, Int>::from_data(labels.clone(), device);
+        let w = Tensor::<1>::from_data(weights.clone(), device);
+        let cw = weighted.then_some(&w);
+        let loss = if fused {
+            cfg.forward(x.clone(), targets, cw, 6)
+        } else {
+            cfg.composed(x.clone(), targets, cw, 6)
+        };
+        let grads = loss.clone().backward();
+        let g = x
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        (loss.into_data().try_to_vec::<f32>().unwrap()[0], g)
+    }
+
+    /// `(v, g)` agrees with the reference `(rv, rg)`: the value within 1e-4
+    /// (relative), every gradient component within 1e-3 of the largest.
+    fn assert_close(what: &str, (v, g): (f32, Vec<f32>), (rv, rg): (f32, Vec<f32>)) {
+        assert!(
+            (v - rv).abs() < 1e-4 * rv.abs().max(1.0),
+            "{what}: {v} vs {rv}"
+        );
+        let scale = rg.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0, "{what}: no gradient");
+        for (i, (a, r)) in g.iter().zip(&rg).enumerate() {
+            assert!(
+                (a - r).abs() < 1e-3 * scale,
+                "{what}: gradient {i}: {a} vs {r}"
+            );
+        }
+    }
+
+    /// The fused loss and its gradient match the composed tensor-op reference on
+    /// random logits with void pixels, class weights and every term.
+    #[test]
+    fn fused_value_and_gradient_match_autodiff_of_the_reference() {
+        let device = Device::flex().autodiff();
+        let (logits, labels, weights, configs) = equivalence_case();
+        let data = [&logits, &labels, &weights];
         for cfg in configs {
-            for cw in [None, Some(&weights)] {
-                let run = |fused: bool| {
-                    let x = logits.clone().require_grad();
-                    let loss = if fused {
-                        cfg.forward(x.clone(), targets.clone(), cw, 6)
-                    } else {
-                        cfg.composed(x.clone(), targets.clone(), cw, 6)
-                    };
-                    let grads = loss.clone().backward();
-                    let g = x
-                        .grad(&grads)
-                        .unwrap()
-                        .into_data()
-                        .try_to_vec::<f32>()
-                        .unwrap();
-                    (loss.into_data().try_to_vec::<f32>().unwrap()[0], g)
-                };
-                let ((v, g), (rv, rg)) = (run(true), run(false));
-                assert!(
-                    (v - rv).abs() < 1e-4 * rv.abs().max(1.0),
-                    "{cfg:?}: {v} vs {rv}"
-                );
-                let scale = rg.iter().fold(0f32, |m, x| m.max(x.abs()));
-                assert!(scale > 0.0);
-                for (i, (a, r)) in g.iter().zip(&rg).enumerate() {
-                    assert!(
-                        (a - r).abs() < 1e-3 * scale,
-                        "{cfg:?} weights {}: gradient {i}: {a} vs {r}",
-                        cw.is_some()
-                    );
-                }
+            for weighted in [false, true] {
+                let what = format!("{cfg:?} weighted {weighted}");
+                let fused = loss_and_gradient(&cfg, data, weighted, &device, true);
+                let composed = loss_and_gradient(&cfg, data, weighted, &device, false);
+                assert_close(&what, fused, composed);
+            }
+        }
+    }
+
+    /// What trains on a GPU, the composed loss on wgpu (Mesa's lavapipe in
+    /// CI), gives the value and gradient of the CPU's fused loss.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn the_composed_loss_on_wgpu_matches_the_fused_loss_on_the_cpu() {
+        if !crate::device::lavapipe() {
+            return;
+        }
+        let cpu = Device::flex().autodiff();
+        let spec: crate::device::DeviceSpec = "wgpu:cpu".parse().unwrap();
+        let gpu = spec.device().unwrap().autodiff();
+        let (logits, labels, weights, configs) = equivalence_case();
+        let data = [&logits, &labels, &weights];
+        for cfg in configs {
+            for weighted in [false, true] {
+                let what = format!("{cfg:?} weighted {weighted}");
+                let on_cpu = loss_and_gradient(&cfg, data, weighted, &cpu, true);
+                let on_gpu = loss_and_gradient(&cfg, data, weighted, &gpu, false);
+                assert_close(&what, on_gpu, on_cpu);
             }
         }
     }

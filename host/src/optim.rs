@@ -174,4 +174,57 @@ mod tests {
             }
         }
     }
+
+    /// What trains on a GPU, Burn's Adam and AdamW on wgpu (Mesa's lavapipe in
+    /// CI), gives the weights of the CPU's fused optimizer after five steps.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn burns_adam_on_wgpu_matches_the_fused_optimizer_on_the_cpu() {
+        if !crate::device::lavapipe() {
+            return;
+        }
+        let cpu = Device::flex().autodiff();
+        let spec: crate::device::DeviceSpec = "wgpu:cpu".parse().unwrap();
+        let gpu = spec.device().unwrap().autodiff();
+        cpu.seed(3);
+        let model = LinearConfig::new(300, 200).init(&cpu);
+        let x = Tensor::<2>::random([8, 300], Distribution::Normal(0.0, 1.0), &cpu);
+        let runs: [(FusedAdam, ModuleOptimizer); 2] = [
+            (
+                FusedAdam::adamw(0.01),
+                AdamWConfig::new().with_weight_decay(0.01).init(),
+            ),
+            (FusedAdam::adam(0.0), AdamConfig::new().init()),
+        ];
+        for (fused, mut burns) in runs {
+            let mut optim = fused.clone().init();
+            let mut a: Linear = model.clone();
+            let mut b: Linear = model.clone().fork(&gpu);
+            let xb = Tensor::<2>::from_data(x.clone().into_data(), &gpu);
+            for step in 0..5 {
+                let lr = 1e-2 / (step + 1) as f64;
+                let loss = |m: &Linear, x: &Tensor<2>| {
+                    (m.forward(x.clone()) - 0.5).powf_scalar(2.0).mean()
+                };
+                let ga = GradientsParams::from_grads(loss(&a, &x).backward(), &a);
+                let gb = GradientsParams::from_grads(loss(&b, &xb).backward(), &b);
+                a = optim.step(lr, a, ga);
+                b = burns.step(lr, b, gb);
+            }
+            let weights = |p: &Param<Tensor<2>>| p.val().into_data().try_to_vec::<f32>().unwrap();
+            let (wa, wb) = (weights(&a.weight), weights(&b.weight));
+            let moved: f32 = wa
+                .iter()
+                .zip(weights(&model.weight))
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(moved > 1e-3, "{fused:?}: the weights did not move");
+            for (i, (x, y)) in wa.iter().zip(&wb).enumerate() {
+                assert!(
+                    (x - y).abs() < 1e-6 + 1e-3 * moved,
+                    "{fused:?}: weight {i}: cpu {x} vs wgpu {y}"
+                );
+            }
+        }
+    }
 }

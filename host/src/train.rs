@@ -885,25 +885,6 @@ mod tests {
         assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), config);
     }
 
-    /// Whether Mesa's lavapipe (a Vulkan on the CPU, `wgpu:cpu`) is installed;
-    /// CI must have it (`.ci/run` installs mesa-vulkan-drivers).
-    #[cfg(feature = "wgpu")]
-    fn lavapipe() -> bool {
-        let found = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
-            .iter()
-            .filter_map(|dir| std::fs::read_dir(dir).ok())
-            .flatten()
-            .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("lvp_icd")));
-        assert!(
-            found || std::env::var_os("CI").is_none(),
-            "CI needs lavapipe for the wgpu tests: apt-get install mesa-vulkan-drivers"
-        );
-        if !found {
-            eprintln!("skipping: no lavapipe here (apt-get install mesa-vulkan-drivers)");
-        }
-        found
-    }
-
     /// A run moves between devices: two epochs on the CPU, the third on wgpu
     /// (Mesa's lavapipe in CI, a real Vulkan on the CPU) and, for
     /// comparison, on the CPU again; then the wgpu epoch's checkpoint exports
@@ -911,7 +892,7 @@ mod tests {
     #[cfg(feature = "wgpu")]
     #[test]
     fn a_cpu_run_resumes_on_wgpu_and_exports() {
-        if !lavapipe() {
+        if !crate::device::lavapipe() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -957,7 +938,7 @@ mod tests {
     #[cfg(feature = "wgpu")]
     #[test]
     fn training_on_wgpu_lowers_the_loss() {
-        if !lavapipe() {
+        if !crate::device::lavapipe() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
