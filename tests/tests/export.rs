@@ -252,6 +252,7 @@ fn own_convolutions_match_tract_on_exported_models() {
 /// thresholds would hold for a nearly constant mask. Trained once per test
 /// binary, in Cargo's temporary folder for integration tests.
 struct Segmenting {
+    size: firmware::Size,
     data: PathBuf,
     run: RunDir,
     float: PathBuf,
@@ -285,6 +286,7 @@ fn segmenting_model() -> &'static Segmenting {
         let float = dir.join("model.onnx");
         host::export::export_run(&run, "best.bpk", None, &float, 2).unwrap();
         Segmenting {
+            size,
             data,
             run,
             float,
@@ -309,12 +311,13 @@ fn classes_present(mask: &[u8]) -> usize {
 #[test]
 fn int8_keeps_the_accuracy_of_a_model_that_segments() {
     let Segmenting {
+        size,
         data,
         run,
         float,
         dir,
     } = segmenting_model();
-    let size = firmware::Size::new(96, 64);
+    let size = *size;
     let int8 = dir.join("model.int8.onnx");
     let report = host::quantize::quantize_file(&host::quantize::QuantizeJob {
         model: float.clone(),
