@@ -205,6 +205,14 @@ pub(crate) fn lavapipe() -> bool {
     found
 }
 
+/// The wgpu device on lavapipe (`wgpu:cpu`) with autodiff, when lavapipe is
+/// installed ([`lavapipe`]).
+#[cfg(all(test, feature = "wgpu"))]
+pub(crate) fn lavapipe_device() -> Option<Device> {
+    let spec: DeviceSpec = "wgpu:cpu".parse().expect("a device name");
+    lavapipe().then(|| spec.device().expect("a wgpu build").autodiff())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,8 +36,7 @@ pub fn predict_with(
     device: &Device,
     tta: Tta,
 ) -> Vec<u8> {
-    let (h, w) = (size.height as usize, size.width as usize);
-    let x = Tensor::<4>::from_data(TensorData::new(images, [n, 3, h, w]), device);
+    let x = batch_tensor(images, n, size, device);
     let classes = logits_with(model, x, tta).argmax(1); // [n, 1, h, w]
     classes.into_data().iter::<i64>().map(|c| c as u8).collect()
 }
@@ -45,9 +44,14 @@ pub fn predict_with(
 /// The scores `[n, classes, h, w]` (row-major) of a batch of normalised
 /// images `[n, 3, h, w]`: what [`predict`] takes the argmax of.
 pub fn logits(model: &Model, images: Vec<f32>, n: usize, size: Size, device: &Device) -> Vec<f32> {
-    let (h, w) = (size.height as usize, size.width as usize);
-    let x = Tensor::<4>::from_data(TensorData::new(images, [n, 3, h, w]), device);
+    let x = batch_tensor(images, n, size, device);
     model.forward(x).into_data().iter::<f32>().collect()
+}
+
+/// `images` (`[n, 3, h, w]` row-major) as a tensor on `device`.
+fn batch_tensor(images: Vec<f32>, n: usize, size: Size, device: &Device) -> Tensor<4> {
+    let (h, w) = (size.height as usize, size.width as usize);
+    Tensor::<4>::from_data(TensorData::new(images, [n, 3, h, w]), device)
 }
 
 /// The scores `[n, classes, h, w]` of `x` under test-time augmentation `tta`

@@ -565,21 +565,28 @@ mod tests {
         }
     }
 
+    /// Runs `check(what, config, data, weighted)` on every case of
+    /// [`equivalence_case`], with and without class weights.
+    fn each_case(mut check: impl FnMut(&str, &LossConfig, [&TensorData; 3], bool)) {
+        let (logits, labels, weights, configs) = equivalence_case();
+        for cfg in configs {
+            for weighted in [false, true] {
+                let what = format!("{cfg:?} weighted {weighted}");
+                check(&what, &cfg, [&logits, &labels, &weights], weighted);
+            }
+        }
+    }
+
     /// The fused loss and its gradient match the composed tensor-op reference on
     /// random logits with void pixels, class weights and every term.
     #[test]
     fn fused_value_and_gradient_match_autodiff_of_the_reference() {
         let device = Device::flex().autodiff();
-        let (logits, labels, weights, configs) = equivalence_case();
-        let data = [&logits, &labels, &weights];
-        for cfg in configs {
-            for weighted in [false, true] {
-                let what = format!("{cfg:?} weighted {weighted}");
-                let fused = loss_and_gradient(&cfg, data, weighted, &device, true);
-                let composed = loss_and_gradient(&cfg, data, weighted, &device, false);
-                assert_close(&what, fused, composed);
-            }
-        }
+        each_case(|what, cfg, data, weighted| {
+            let fused = loss_and_gradient(cfg, data, weighted, &device, true);
+            let composed = loss_and_gradient(cfg, data, weighted, &device, false);
+            assert_close(what, fused, composed);
+        });
     }
 
     /// What trains on a GPU, the composed loss on wgpu (Mesa's lavapipe in
@@ -587,22 +594,15 @@ mod tests {
     #[cfg(feature = "wgpu")]
     #[test]
     fn the_composed_loss_on_wgpu_matches_the_fused_loss_on_the_cpu() {
-        if !crate::device::lavapipe() {
+        let Some(gpu) = crate::device::lavapipe_device() else {
             return;
-        }
+        };
         let cpu = Device::flex().autodiff();
-        let spec: crate::device::DeviceSpec = "wgpu:cpu".parse().unwrap();
-        let gpu = spec.device().unwrap().autodiff();
-        let (logits, labels, weights, configs) = equivalence_case();
-        let data = [&logits, &labels, &weights];
-        for cfg in configs {
-            for weighted in [false, true] {
-                let what = format!("{cfg:?} weighted {weighted}");
-                let on_cpu = loss_and_gradient(&cfg, data, weighted, &cpu, true);
-                let on_gpu = loss_and_gradient(&cfg, data, weighted, &gpu, false);
-                assert_close(&what, on_gpu, on_cpu);
-            }
-        }
+        each_case(|what, cfg, data, weighted| {
+            let on_cpu = loss_and_gradient(cfg, data, weighted, &cpu, true);
+            let on_gpu = loss_and_gradient(cfg, data, weighted, &gpu, false);
+            assert_close(what, on_gpu, on_cpu);
+        });
     }
 
     #[test]

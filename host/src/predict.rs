@@ -50,18 +50,19 @@ impl Predictor {
     /// The class mask of `image` at the model's size, prepared as the board
     /// prepares it ([`crate::data::board_input`]).
     pub fn mask(&self, image: &RgbImage) -> Vec<u8> {
-        let size = self.size;
-        let mut input = vec![0.0; 3 * size.area()];
-        board_input(image, size, &self.normalize, &mut input);
-        predict(&self.model, input, 1, size, &self.device)
+        predict(&self.model, self.input(image), 1, self.size, &self.device)
     }
 
     /// The scores `[classes, h, w]` behind [`Self::mask`].
     pub fn logits(&self, image: &RgbImage) -> Vec<f32> {
-        let size = self.size;
-        let mut input = vec![0.0; 3 * size.area()];
-        board_input(image, size, &self.normalize, &mut input);
-        crate::inference::logits(&self.model, input, 1, size, &self.device)
+        crate::inference::logits(&self.model, self.input(image), 1, self.size, &self.device)
+    }
+
+    /// `image` prepared as the board prepares it, at the model's size.
+    fn input(&self, image: &RgbImage) -> Vec<f32> {
+        let mut input = vec![0.0; 3 * self.size.area()];
+        board_input(image, self.size, &self.normalize, &mut input);
+        input
     }
 
     /// The class mask of `image`, at the image's own size.

@@ -74,16 +74,6 @@ impl Tile {
         }
     }
 
-    /// Inputs along each side of a tile.
-    pub fn inputs(self) -> usize {
-        self.outputs() + 2
-    }
-
-    /// Positions `ξ` in a tile: the number of channel products.
-    pub fn products(self) -> usize {
-        self.inputs() * self.inputs()
-    }
-
     /// The tile for an `h x w` plane: F(4x4, 3x3) from [`MIN_TILES_4X4`]
     /// tiles on, else F(2x2, 3x3).
     pub fn for_plane(h: usize, w: usize) -> Tile {
@@ -348,8 +338,6 @@ struct Tiles {
     w: usize,
     /// Outputs along a tile's side.
     m: usize,
-    /// Products per tile.
-    xi: usize,
     rows: usize,
     cols: usize,
 }
@@ -361,7 +349,6 @@ impl Tiles {
             h,
             w,
             m,
-            xi: tile.products(),
             rows: h.div_ceil(m),
             cols: w.div_ceil(m),
         }
@@ -374,7 +361,9 @@ impl Tiles {
     /// Tile rows per block, so that the transformed blocks of `channels`
     /// (input plus output) channels stay near [`BLOCK_ELEMS`].
     fn block_rows(&self, channels: usize) -> usize {
-        (BLOCK_ELEMS / (self.xi * channels * self.cols).max(1)).clamp(1, self.rows.max(1))
+        // n² products a tile, n = m + 2 inputs along its side.
+        let products = (self.m + 2) * (self.m + 2);
+        (BLOCK_ELEMS / (products * channels * self.cols).max(1)).clamp(1, self.rows.max(1))
     }
 }
 
