@@ -14,8 +14,10 @@
 # images per second, the parameter count) in target/bench-gpu.jsonl, then a
 # Markdown table for BENCHMARKS.md.
 #
-# Several devices of one backend (data parallel, `--devices`) are not timed
-# here yet: edgeseg trains on one device at a time.
+# PARALLEL (default none) lists comma-separated device sets to time as well,
+# data parallel, e.g. PARALLEL="cuda:0,cuda:1 cuda:0,cuda:1,cuda:2,cuda:3": the
+# batch (4 per device, so each device's share stays the same) is split across
+# them; the table's images/s is the whole set's, and "per device" divides it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-10}
@@ -26,11 +28,12 @@ edgeseg=target/release/edgeseg
 out=target/bench-gpu.jsonl
 : >"$out"
 cases=("unet unet 1 256x256" "linknet18 linknet18 1 256x256" "linknet18x0.5 linknet18 0.5 256x192")
-for device in $devices; do
+for device in $devices ${PARALLEL:-}; do
+    count=$(tr ',' '\n' <<<"$device" | wc -l)
     for c in "${cases[@]}"; do
         read -r name model width size <<<"$c"
         if ! "$edgeseg" bench-step --device "$device" --model "$model" --width "$width" \
-            --size "$size" --batch 4 --steps "$steps" --warmup 2 >target/bench-gpu.line 2>target/bench-gpu.err; then
+            --size "$size" --batch $((4 * count)) --steps "$steps" --warmup 2 >target/bench-gpu.line 2>target/bench-gpu.err; then
             echo "$device: skipped ($(tail -1 target/bench-gpu.err))" >&2
             continue 2
         fi
@@ -44,10 +47,10 @@ done
 python3 - "$out" "$(nproc)" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-print(f"\n| network | device | median step (batch 4) | images/s | params |")
-print("| --- | --- | --- | --- | --- |")
+print(f"\n| network | device | batch | median step | images/s | per device | params |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
 for r in rows:
-    print(f"| {r['case']} {r['size']} | {r['device']} | {1000 * r['median_s']:.0f} ms | "
-          f"{r['images_per_s']:.1f} | {r['params']:,} |")
+    print(f"| {r['case']} {r['size']} | {r['device']} | {r['batch']} | {1000 * r['median_s']:.0f} ms | "
+          f"{r['images_per_s']:.1f} | {r['images_per_s'] / r['devices']:.1f} | {r['params']:,} |")
 print(f"\n({sys.argv[2]} CPU cores)")
 EOF

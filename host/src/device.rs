@@ -1,4 +1,5 @@
-//! Where training and evaluation run: `--device cpu|wgpu[:N]|vulkan[:N]|cuda[:N]|rocm[:N]`.
+//! Where training and evaluation run: `--device cpu|wgpu[:N]|vulkan[:N]|cuda[:N]|rocm[:N]`,
+//! several separated by commas for data parallel training.
 //!
 //! The CPU is burn-flex, with edgeseg's fused loss and Adam (`crate::loss`,
 //! `crate::optim`) and the patched GEMM convolution gradients. The others are
@@ -186,6 +187,63 @@ impl FromStr for DeviceSpec {
     }
 }
 
+/// The devices of a run, as `--device` names them: one, or several separated
+/// by commas for data parallel training (`crate::parallel`); the first holds
+/// the model, the optimiser and evaluation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Devices(Vec<DeviceSpec>);
+
+impl Devices {
+    /// Just `device`.
+    pub fn one(device: DeviceSpec) -> Devices {
+        Devices(vec![device])
+    }
+
+    /// Every device, the main one first.
+    pub fn all(&self) -> &[DeviceSpec] {
+        &self.0
+    }
+}
+
+impl Default for Devices {
+    fn default() -> Devices {
+        Devices::one(DeviceSpec::CPU)
+    }
+}
+
+impl fmt::Display for Devices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, device) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{device}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Devices {
+    type Err = ParseError;
+
+    /// `cpu`, `cuda:0,cuda:1`, `wgpu:cpu,wgpu`: each device once.
+    fn from_str(s: &str) -> Result<Devices, ParseError> {
+        let devices = s
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<Vec<DeviceSpec>, _>>()?;
+        for (i, device) in devices.iter().enumerate() {
+            if devices[..i].contains(device) {
+                return Err(ParseError {
+                    expected: "each device at most once (data parallel needs distinct devices)",
+                    given: s.into(),
+                });
+            }
+        }
+        Ok(Devices(devices))
+    }
+}
+
 /// Whether Mesa's lavapipe (a Vulkan on the CPU, `wgpu:cpu`) is installed;
 /// CI must have it (`.ci/run` installs mesa-vulkan-drivers).
 #[cfg(all(test, feature = "wgpu"))]
@@ -236,6 +294,24 @@ mod tests {
             assert_eq!(err.given, bad);
             assert!(err.to_string().contains("cpu, wgpu, vulkan"), "{err}");
         }
+    }
+
+    #[test]
+    fn several_devices_are_separated_by_commas_each_once() {
+        for names in ["cpu", "cuda:0,cuda:1", "wgpu:cpu,wgpu,vulkan:1"] {
+            let devices: Devices = names.parse().unwrap();
+            assert_eq!(devices.to_string(), names);
+            assert_eq!(devices.all().len(), names.split(',').count());
+        }
+        assert_eq!(Devices::default().all(), [DeviceSpec::CPU]);
+        let twice = "cuda:0,cuda:1,cuda:0".parse::<Devices>().unwrap_err();
+        assert!(
+            twice.to_string().contains("each device at most once"),
+            "{twice}"
+        );
+        let bad = "cuda:0,gpu".parse::<Devices>().unwrap_err();
+        assert_eq!(bad.given, "gpu");
+        assert!("cuda:0,".parse::<Devices>().is_err());
     }
 
     #[test]

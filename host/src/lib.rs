@@ -18,6 +18,7 @@ pub mod labels;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod predict;
 pub mod progress;

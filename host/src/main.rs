@@ -218,9 +218,10 @@ enum Command {
         /// Untimed steps first.
         #[arg(long, default_value_t = 2)]
         warmup: usize,
-        /// Device (as `edgeseg train --device`).
-        #[arg(long, default_value = "cpu")]
-        device: host::device::DeviceSpec,
+        /// Device, or several separated by commas for data parallel (as
+        /// `edgeseg train --device`).
+        #[arg(long, alias = "devices", default_value = "cpu")]
+        device: host::device::Devices,
     },
 }
 
@@ -369,10 +370,12 @@ struct TrainArgs {
     workers: usize,
     /// Device to train on: cpu, or with the matching cargo feature wgpu,
     /// vulkan, cuda or rocm, each optionally `:N` for GPU number N (wgpu and
-    /// vulkan also take `:cpu`, a software adapter such as lavapipe). Not
-    /// stored in the run: a run resumes on any device.
-    #[arg(long, default_value = "cpu")]
-    device: host::device::DeviceSpec,
+    /// vulkan also take `:cpu`, a software adapter such as lavapipe). Several,
+    /// separated by commas (`--devices cuda:0,cuda:1`), train data parallel:
+    /// each batch is split across them, and the first holds the model and
+    /// evaluates. Not stored in the run: a run resumes on any devices.
+    #[arg(long, alias = "devices", default_value = "cpu")]
+    device: host::device::Devices,
     /// Run folder: config.json, best.bpk, last.bpk, metrics.csv, curves.png.
     #[arg(long)]
     out: PathBuf,

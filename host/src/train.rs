@@ -7,19 +7,20 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::optim::{AdamConfig, AdamWConfig, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use firmware::Size;
 use firmware::metrics::ConfusionMatrix;
 
 use crate::config::{ClassWeights, OptimizerKind, TrainConfig};
 use crate::data::{BatchPlan, Source, batches};
-use crate::device::DeviceSpec;
+use crate::device::{DeviceSpec, Devices};
 use crate::error::{Error, Result};
 use crate::inference::{EvalPlan, Tta, evaluate};
 use crate::loss::{LossConfig, median_frequency_weights};
 use crate::model::{Model, ModelConfig};
 use crate::optim::FusedAdam;
+use crate::parallel::{Objective, Replicas, StepBatch};
 use crate::run::{EpochRecord, RunDir, RunState, Start, model_bytes};
 
 /// The optimiser `config` asks for.
@@ -41,24 +42,6 @@ fn optimizer(config: &TrainConfig, device: &DeviceSpec) -> ModuleOptimizer {
                 nesterov: true,
             }))
             .init(),
-    }
-}
-
-/// `loss` of `logits` on device `on`: the fused passes on the CPU (they read
-/// the logits there), the composed tensor operations elsewhere, so the
-/// logits stay on the device.
-fn loss_on(
-    on: &DeviceSpec,
-    loss: &LossConfig,
-    logits: Tensor<4>,
-    targets: Tensor<3, Int>,
-    class_weights: Option<&Tensor<1>>,
-    void: u8,
-) -> Tensor<1> {
-    if on.is_cpu() {
-        loss.forward(logits, targets, class_weights, void)
-    } else {
-        loss.composed(logits, targets, class_weights, void)
     }
 }
 
@@ -143,19 +126,22 @@ pub fn train(
     quiet: bool,
     log: impl FnMut(&str),
 ) -> Result<TrainSummary> {
-    train_on(&DeviceSpec::CPU, config, run, start, quiet, log)
+    train_on(&Devices::default(), config, run, start, quiet, log)
 }
 
-/// [`train`] on `on`: any device, including one other than the run was
-/// started on when resuming.
+/// [`train`] on the devices `on`: any device, including one other than the
+/// run was started on when resuming; with several, each step's batch is split
+/// across them ([`crate::parallel`]), and the first holds the model, the
+/// optimiser and evaluation.
 pub fn train_on(
-    on: &DeviceSpec,
+    devices: &Devices,
     config: &TrainConfig,
     run: &RunDir,
     start: Start,
     quiet: bool,
     mut log: impl FnMut(&str),
 ) -> Result<TrainSummary> {
+    let on = &devices.all()[0];
     let eval_device = on.device()?;
     let device = eval_device.clone().autodiff();
     let (config, mut state, mut model, mut optim) = if start == Start::Resume {
@@ -245,6 +231,13 @@ pub fn train_on(
             }
         };
     }
+    if config.batch < devices.all().len() {
+        return Err(Error::Invalid(format!(
+            "--batch {} cannot be split across {} devices: give at least one image per device",
+            config.batch,
+            devices.all().len()
+        )));
+    }
     // Everything is validated: only now is the folder written.
     if start != Start::Resume {
         if start == Start::Overwrite {
@@ -252,12 +245,13 @@ pub fn train_on(
         }
         run.begin(&config)?;
     }
-    let weights = (!state.class_weights.iter().all(|&w| w == 1.0)).then(|| {
-        Tensor::<1>::from_data(
-            TensorData::new(state.class_weights.clone(), [n_classes]),
-            &device,
-        )
-    });
+    let weighted = !state.class_weights.iter().all(|&w| w == 1.0);
+    let replicas = Replicas::new(devices.all(), weighted.then_some(&state.class_weights[..]))?;
+    let on = devices;
+    let objective = Objective {
+        loss: &config.loss,
+        void: config.labels.void,
+    };
     let batches_per_epoch = train_source.len().div_ceil(config.batch);
     let total_iters = config.epochs.map(|e| e as f64 * batches_per_epoch as f64);
     let eval_plan = EvalPlan {
@@ -330,34 +324,18 @@ pub fn train_on(
             let batch = batch?;
             let t = progress_after((epoch - 1) * batches_per_epoch + i);
             lr = config.schedule.rate(config.lr, t, config.warmup);
-            let (h, w) = (batch.size.height as usize, batch.size.width as usize);
-            let x = Tensor::<4>::from_data(
-                TensorData::new(batch.images, [batch.len, 3, h, w]),
-                &device,
-            );
-            let targets: Vec<i64> = batch.masks.iter().map(|&m| m as i64).collect();
-            let y =
-                Tensor::<3, Int>::from_data(TensorData::new(targets, [batch.len, h, w]), &device);
-            let loss = loss_on(
-                on,
-                &config.loss,
-                model.forward(x),
-                y,
-                weights.as_ref(),
-                config.labels.void,
-            );
-            let value = loss
-                .clone()
-                .into_data()
-                .iter::<f64>()
-                .next()
-                .unwrap_or(f64::NAN);
+            let step = StepBatch {
+                images: &batch.images,
+                masks: &batch.masks,
+                len: batch.len,
+                hw: (batch.size.height as usize, batch.size.width as usize),
+            };
+            let (value, grads) = replicas.loss_and_grads(&model, &step, &objective);
             if !value.is_finite() {
                 return Err(Error::Invalid(format!(
                     "training diverged at epoch {epoch}, batch {i}: loss is {value}; lower --lr"
                 )));
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
             loss_sum += value * batch.len as f64;
             seen += batch.len;
@@ -463,8 +441,8 @@ pub fn train_on(
 /// Timed training steps of one network: what `edgeseg bench-step` prints.
 #[derive(Clone, Debug)]
 pub struct StepTimes {
-    /// Where the steps ran.
-    pub device: DeviceSpec,
+    /// Where the steps ran (several: data parallel).
+    pub device: Devices,
     /// The network's name.
     pub model: String,
     /// Input size.
@@ -488,7 +466,7 @@ impl StepTimes {
 
     /// The JSON line `bench/train-step.sh` reads beside PyTorch's.
     pub fn to_json(&self) -> serde_json::Value {
-        let backend = if self.device.is_cpu() {
+        let backend = if self.device == Devices::default() {
             "burn-flex".to_string()
         } else {
             self.device.to_string()
@@ -497,6 +475,7 @@ impl StepTimes {
         serde_json::json!({
             "framework": format!("burn 0.22 ({backend})"),
             "device": self.device.to_string(),
+            "devices": self.device.all().len(),
             "model": self.model,
             "size": self.size.to_string(),
             "batch": self.batch,
@@ -509,57 +488,68 @@ impl StepTimes {
 }
 
 /// Times `steps` full training steps (forward, cross-entropy, backward, Adam
-/// update) of `model` on random `[batch, 3, h, w]` data on `on`, after
-/// `warmup` untimed steps; the Burn half of the PyTorch comparison in
-/// `bench/`, and `bench/gpu.sh`'s measure. Each step ends when the device has
-/// finished it.
+/// update) of `model` on random `[batch, 3, h, w]` data on `on` (with several
+/// devices, data parallel as in training), after `warmup` untimed steps; the
+/// Burn half of the PyTorch comparison in `bench/`, and `bench/gpu.sh`'s
+/// measure. Each step starts from the batch in host memory, as in training,
+/// and ends when every device has finished it.
 pub fn bench_steps(
-    on: &DeviceSpec,
+    on: &Devices,
     model: &ModelConfig,
     size: Size,
     batch: usize,
     warmup: usize,
     steps: usize,
 ) -> Result<StepTimes> {
-    let device = on.device()?.autodiff();
-    device.seed(0);
-    let mut net = model.init(&device);
+    let replicas = Replicas::new(on.all(), None)?;
+    if batch < on.all().len() {
+        return Err(Error::Invalid(format!(
+            "--batch {batch} cannot be split across {} devices",
+            on.all().len()
+        )));
+    }
+    replicas.main().seed(0);
+    let mut net = model.init(replicas.main());
     let params = net.num_params();
     let config = TrainConfig {
         optimizer: OptimizerKind::Adam,
         weight_decay: 0.0,
         ..TrainConfig::new(model.clone(), size)
     };
-    let mut optim = optimizer(&config, on);
+    let mut optim = optimizer(&config, replicas.main_spec());
     let (h, w) = (size.height as usize, size.width as usize);
-    let classes = model.num_classes();
-    let x = Tensor::<4>::random(
-        [batch, 3, h, w],
-        burn::tensor::Distribution::Normal(0.0, 1.0),
-        &device,
-    );
-    let y = Tensor::<3, Int>::random(
-        [batch, h, w],
-        burn::tensor::Distribution::Uniform(0.0, classes as f64),
-        &device,
-    );
+    let classes = model.num_classes() as u32;
+    let mut rng = firmware::rng::Rng::new(0);
+    let images: Vec<f32> = (0..batch * 3 * h * w)
+        .map(|_| rng.range(-1.0, 1.0))
+        .collect();
+    let masks: Vec<u8> = (0..batch * h * w)
+        .map(|_| rng.below(classes) as u8)
+        .collect();
+    let step = StepBatch {
+        images: &images,
+        masks: &masks,
+        len: batch,
+        hw: (h, w),
+    };
     let loss = LossConfig::default();
+    let objective = Objective {
+        loss: &loss,
+        void: 255,
+    };
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         let started = Instant::now();
-        let l = loss_on(on, &loss, net.forward(x.clone()), y.clone(), None, 255);
-        let grads = GradientsParams::from_grads(l.backward(), &net);
+        let (_, grads) = replicas.loss_and_grads(&net, &step, &objective);
         net = optim.step(1e-3, net, grads);
         // burn-flex runs eagerly; other backends queue their kernels.
-        device
-            .sync()
-            .map_err(|e| Error::Invalid(format!("{on}: {e:?}")))?;
+        replicas.sync()?;
         if i >= warmup {
             times.push(started.elapsed().as_secs_f64());
         }
     }
     Ok(StepTimes {
-        device: *on,
+        device: on.clone(),
         model: model.name(),
         size,
         batch,
@@ -911,7 +901,7 @@ mod tests {
             let entry = entry.unwrap();
             std::fs::copy(entry.path(), copy.path.join(entry.file_name())).unwrap();
         }
-        let wgpu: DeviceSpec = "wgpu:cpu".parse().unwrap();
+        let wgpu: Devices = "wgpu:cpu".parse().unwrap();
         let on_gpu = train_on(&wgpu, &third, &run, Start::Resume, true, |_| {}).unwrap();
         let on_cpu = train(&third, &copy, Start::Resume, true, |_| {}).unwrap();
         let (g, c) = (&on_gpu.state.history[2], &on_cpu.state.history[2]);
@@ -933,18 +923,30 @@ mod tests {
         report.agreement.check().unwrap();
     }
 
-    /// Training from scratch on wgpu (lavapipe in CI) learns: the loss falls
-    /// with the composed loss and Burn's AdamW.
+    /// Training from scratch on two wgpu devices, data parallel (lavapipe
+    /// in CI: two devices on the one adapter), learns: the loss falls with
+    /// the composed loss and Burn's AdamW.
     #[cfg(feature = "wgpu")]
     #[test]
-    fn training_on_wgpu_lowers_the_loss() {
+    fn training_on_two_wgpu_devices_lowers_the_loss() {
         if !crate::device::lavapipe() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
         let (config, run) = tiny(dir.path(), 6);
-        let wgpu: DeviceSpec = "wgpu:cpu".parse().unwrap();
-        let summary = train_on(&wgpu, &config, &run, Start::New, true, |_| {}).unwrap();
+        let two: Devices = "wgpu:cpu,wgpu".parse().unwrap();
+        let too_many = TrainConfig {
+            batch: 1,
+            ..config.clone()
+        };
+        let err = train_on(&two, &too_many, &run, Start::New, true, |_| {}).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--batch 1 cannot be split across 2 devices"),
+            "{err}"
+        );
+        assert!(!run.path.exists(), "a refused run leaves no folder");
+        let summary = train_on(&two, &config, &run, Start::New, true, |_| {}).unwrap();
         let h = &summary.state.history;
         assert!(h[5].train_loss < 0.85 * h[0].train_loss, "{h:?}");
     }
