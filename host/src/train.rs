@@ -878,7 +878,7 @@ mod tests {
     /// A run moves between devices: two epochs on the CPU, the third on wgpu
     /// (Mesa's lavapipe in CI, a real Vulkan on the CPU) and, for
     /// comparison, on the CPU again; then the wgpu epoch's checkpoint exports
-    /// to an ONNX file that tract runs like Burn.
+    /// to an ONNX file that tract runs like Burn, and resumes on the CPU.
     #[cfg(feature = "wgpu")]
     #[test]
     fn a_cpu_run_resumes_on_wgpu_and_exports() {
@@ -921,6 +921,17 @@ mod tests {
         let onnx = dir.path().join("model.onnx");
         let report = crate::export::export_run(&run, "last.bpk", None, &onnx, 2).unwrap();
         report.agreement.check().unwrap();
+        // And the run goes back to the CPU: a fourth epoch there from the
+        // wgpu epoch's weights and optimiser state.
+        let fourth = TrainConfig {
+            epochs: Some(4),
+            ..third
+        };
+        run.write_json("config.json", &fourth).unwrap();
+        let back = train(&fourth, &run, Start::Resume, true, |_| {}).unwrap();
+        let h = &back.state.history;
+        assert_eq!((h.len(), h[3].epoch), (4, 4));
+        assert!(h[3].train_loss < 1.1 * h[2].train_loss, "{h:?}");
     }
 
     /// Training from scratch on two wgpu devices, data parallel (lavapipe
