@@ -10,7 +10,7 @@ use image::RgbImage;
 
 use crate::data::{Normalize, Source, board_input, resize};
 use crate::error::{Error, Result};
-use crate::inference::{predict, resize_mask};
+use crate::inference::{Tta, predict_with, resize_mask};
 use crate::io::{write_gray_png, write_rgb_png};
 use crate::labels::LabelSpace;
 use crate::model::Model;
@@ -50,7 +50,20 @@ impl Predictor {
     /// The class mask of `image` at the model's size, prepared as the board
     /// prepares it ([`crate::data::board_input`]).
     pub fn mask(&self, image: &RgbImage) -> Vec<u8> {
-        predict(&self.model, self.input(image), 1, self.size, &self.device)
+        self.mask_with(image, Tta::None)
+    }
+
+    /// [`Self::mask`] under test-time augmentation `tta`, as `edgeseg eval
+    /// --tta` and `edgeseg-run --tta` compute it.
+    pub fn mask_with(&self, image: &RgbImage, tta: Tta) -> Vec<u8> {
+        predict_with(
+            &self.model,
+            self.input(image),
+            1,
+            self.size,
+            &self.device,
+            tta,
+        )
     }
 
     /// The scores `[classes, h, w]` behind [`Self::mask`].

@@ -184,6 +184,67 @@ fn segmenter_reads_camera_frames() {
     assert!(segmenter.times().inference > std::time::Duration::ZERO);
 }
 
+/// `edgeseg-run --tta flip` on a model that segments: the board's
+/// flip-averaged masks are what Burn computes for `edgeseg eval --tta flip`
+/// (99.9 % of pixels: two engines' rounding at near ties), a mirrored frame
+/// gives exactly the mirrored mask, and the averaging changes some pixels.
+#[test]
+fn flip_averaging_on_the_board_matches_the_host_and_mirrors_exactly() {
+    use firmware::frame::{Frame, PixelFormat};
+    use firmware::segmenter::Segmenter;
+
+    let model = segmenting_model();
+    let size = model.size;
+    let (w, h) = (size.width as usize, size.height as usize);
+    let predictor = host::predict::Predictor::from_run(&model.run, "best.bpk").unwrap();
+    let mut plain = Segmenter::load(&model.float).unwrap();
+    let mut flip = plain.fork().unwrap();
+    flip.set_flip(true);
+    assert!(flip.fork().unwrap().flip(), "a fork keeps flip averaging");
+    let (mut changed, mut same_as_host) = (0, 0);
+    for seed in 20..23 {
+        let (mut rgb, mut labels) = (vec![0u8; 3 * w * h], vec![0u8; w * h]);
+        firmware::synth::render_scene(seed, w, h, &mut rgb, &mut labels).unwrap();
+        let frame = Frame::new(PixelFormat::Rgb8, size, 3 * w, &rgb).unwrap();
+        flip.segment(&frame).unwrap();
+        let board = flip.mask().to_vec();
+        assert!(
+            classes_present(&board) >= 4,
+            "scene {seed}: too few classes"
+        );
+        plain.segment(&frame).unwrap();
+        changed += board
+            .iter()
+            .zip(plain.mask())
+            .filter(|(a, b)| a != b)
+            .count();
+        let image = image::RgbImage::from_raw(w as u32, h as u32, rgb.clone()).unwrap();
+        let host = predictor.mask_with(&image, host::inference::Tta::Flip);
+        same_as_host += board.iter().zip(&host).filter(|(a, b)| a == b).count();
+        // The mirrored frame: each row of pixels reversed.
+        let mirrored: Vec<u8> = rgb
+            .chunks_exact(3 * w)
+            .flat_map(|row| row.chunks_exact(3).rev().flatten().copied())
+            .collect();
+        flip.segment(&Frame::new(PixelFormat::Rgb8, size, 3 * w, &mirrored).unwrap())
+            .unwrap();
+        let expected: Vec<u8> = board
+            .chunks_exact(w)
+            .flat_map(|row| row.iter().rev().copied())
+            .collect();
+        assert!(
+            flip.mask() == expected,
+            "scene {seed}: the mirrored frame's mask"
+        );
+    }
+    let agreement = same_as_host as f64 / (3 * w * h) as f64;
+    assert!(
+        agreement >= 0.999,
+        "board and host flip masks agree on {agreement}"
+    );
+    assert!(changed > 0, "flip averaging changed no pixel");
+}
+
 /// edgeseg's Winograd, pointwise, upsampling and direct operators against tract's own
 /// convolutions on exported networks at sizes that are not multiples of the
 /// tiles: every logit within 1e-4 of the largest logit's magnitude, and the

@@ -83,6 +83,12 @@ struct Cli {
     /// and keep the fastest whose masks agree with f32's on 99 % of pixels.
     #[arg(long, default_value = "auto")]
     precision: Choice,
+    /// Test-time augmentation: `flip` sums each frame's class scores with
+    /// those of its mirror image before the argmax, as `edgeseg eval --tta
+    /// flip` scores a model: twice the inference time, for about a point of
+    /// mIoU on streets the model has not seen (BENCHMARKS.md).
+    #[arg(long, value_enum, default_value_t = Tta::None)]
+    tta: Tta,
     /// Run 3x3 convolutions with tract's im2col and matrix product instead of
     /// edgeseg's Winograd operator (also `EDGESEG_WINOGRAD=0`).
     #[arg(long)]
@@ -119,6 +125,15 @@ struct Cli {
     /// row without a frame (default: never).
     #[arg(long)]
     max_restarts: Option<u32>,
+}
+
+/// `--tta`: what is averaged before the argmax.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Tta {
+    /// The frame alone.
+    None,
+    /// The frame and its mirror image.
+    Flip,
 }
 
 fn parse_source(s: &str) -> anyhow::Result<Size> {
@@ -159,7 +174,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .unwrap_or_else(firmware::segmenter::default_threads);
     let selection = firmware::precision::select(&files, cli.precision, &cpu, options, threads)?;
     eprintln!("{}", selection.summary);
-    let segmenter = selection.segmenter;
+    let mut segmenter = selection.segmenter;
+    segmenter.set_flip(cli.tta == Tta::Flip);
+    if segmenter.flip() {
+        eprintln!("test-time flip averaging: two inferences a frame");
+    }
     if cli.info {
         let info = segmenter.info();
         let engine = segmenter.engine();
@@ -185,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "precision": engine.precision().name(),
                 "file": files.for_precision(engine.precision()),
                 "threads": threads,
+                "tta_flip": segmenter.flip(),
                 "winograd_convolutions": engine.winograd_convs(),
                 "own_convolutions": engine.own_convs(),
                 "matmul_kernels": kernels,
