@@ -97,16 +97,6 @@ impl Replicas {
         &self.devices[0].0
     }
 
-    /// How many devices.
-    pub fn len(&self) -> usize {
-        self.devices.len()
-    }
-
-    /// Whether there is no device (never: [`Replicas::new`] refuses that).
-    pub fn is_empty(&self) -> bool {
-        self.devices.is_empty()
-    }
-
     /// Waits until every device has finished its queued work.
     pub fn sync(&self) -> Result<()> {
         for (spec, device) in &self.devices {
