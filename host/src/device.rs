@@ -194,11 +194,6 @@ impl FromStr for DeviceSpec {
 pub struct Devices(Vec<DeviceSpec>);
 
 impl Devices {
-    /// Just `device`.
-    pub fn one(device: DeviceSpec) -> Devices {
-        Devices(vec![device])
-    }
-
     /// Every device, the main one first.
     pub fn all(&self) -> &[DeviceSpec] {
         &self.0
@@ -207,7 +202,7 @@ impl Devices {
 
 impl Default for Devices {
     fn default() -> Devices {
-        Devices::one(DeviceSpec::CPU)
+        Devices(vec![DeviceSpec::CPU])
     }
 }
 

@@ -44,17 +44,28 @@ pub struct Replicas {
 }
 
 /// One step's input, in host memory: `[len, 3, h, w]` images and `[len, h,
-/// w]` class ids.
+/// w]` class ids. Owned, so that one device takes it without a copy.
 #[derive(Debug)]
-pub struct StepBatch<'a> {
+pub struct StepBatch {
     /// Images, row-major.
-    pub images: &'a [f32],
+    pub images: Vec<f32>,
     /// Class ids (void included).
-    pub masks: &'a [u8],
+    pub masks: Vec<u8>,
     /// Images in the batch.
     pub len: usize,
     /// Rows and columns of every image.
     pub hw: (usize, usize),
+}
+
+/// Refuses a batch of `batch` images for `devices` devices when some device
+/// would get none.
+pub fn check_batch(batch: usize, devices: usize) -> Result<()> {
+    if batch < devices {
+        return Err(Error::Invalid(format!(
+            "--batch {batch} cannot be split across {devices} devices: give at least one image per device"
+        )));
+    }
+    Ok(())
 }
 
 /// What one step's loss is made of.
@@ -121,23 +132,18 @@ impl Replicas {
     pub fn loss_and_grads(
         &self,
         model: &Model,
-        batch: &StepBatch,
+        batch: StepBatch,
         objective: &Objective,
     ) -> (f64, GradientsParams) {
         let parts = self.devices.len().min(batch.len).max(1);
-        let run = |i: usize, replica: Model| {
+        let (h, w) = batch.hw;
+        let run = |i: usize, replica: Model, images: Vec<f32>, masks: &[u8]| {
             let (spec, device) = &self.devices[i];
-            let range = Self::part(batch.len, parts, i);
-            let (h, w) = batch.hw;
-            let share = range.len() as f64 / batch.len as f64;
-            let images = batch.images[range.start * 3 * h * w..range.end * 3 * h * w].to_vec();
-            let targets: Vec<i64> = batch.masks[range.start * h * w..range.end * h * w]
-                .iter()
-                .map(|&m| i64::from(m))
-                .collect();
-            let x = Tensor::<4>::from_data(TensorData::new(images, [range.len(), 3, h, w]), device);
-            let y =
-                Tensor::<3, Int>::from_data(TensorData::new(targets, [range.len(), h, w]), device);
+            let n = masks.len() / (h * w);
+            let share = n as f64 / batch.len as f64;
+            let targets: Vec<i64> = masks.iter().map(|&m| i64::from(m)).collect();
+            let x = Tensor::<4>::from_data(TensorData::new(images, [n, 3, h, w]), device);
+            let y = Tensor::<3, Int>::from_data(TensorData::new(targets, [n, h, w]), device);
             let logits = replica.forward(x);
             let weights = self.weights[i].as_ref();
             // The fused passes on the CPU (they read the logits there), the
@@ -168,17 +174,24 @@ impl Replicas {
             (value, grads)
         };
         if parts == 1 {
-            return run(0, model.clone());
+            return run(0, model.clone(), batch.images, &batch.masks);
         }
+        let part = |i: usize| {
+            let range = Self::part(batch.len, parts, i);
+            let images = batch.images[range.start * 3 * h * w..range.end * 3 * h * w].to_vec();
+            (images, &batch.masks[range.start * h * w..range.end * h * w])
+        };
         let results: Vec<(f64, GradientsParams)> = std::thread::scope(|s| {
             let others: Vec<_> = (1..parts)
                 .map(|i| {
                     let replica = model.clone().fork(&self.devices[i].1);
+                    let (images, masks) = part(i);
                     let run = &run;
-                    s.spawn(move || run(i, replica))
+                    s.spawn(move || run(i, replica, images, masks))
                 })
                 .collect();
-            let mut results = vec![run(0, model.clone())];
+            let (images, masks) = part(0);
+            let mut results = vec![run(0, model.clone(), images, masks)];
             for other in others {
                 match other.join() {
                     Ok(result) => results.push(result),
@@ -308,14 +321,14 @@ mod tests {
             let mut net = model(replicas.main());
             let mut optim = SgdConfig::new().init();
             let loss = LossConfig::default();
-            let step = StepBatch {
-                images,
-                masks,
-                len,
-                hw: (H, W),
-            };
             for _ in 0..3 {
-                let (value, grads) = replicas.loss_and_grads(&net, &step, &objective(&loss));
+                let step = StepBatch {
+                    images: images.to_vec(),
+                    masks: masks.to_vec(),
+                    len,
+                    hw: (H, W),
+                };
+                let (value, grads) = replicas.loss_and_grads(&net, step, &objective(&loss));
                 assert!(value.is_finite() && value > 0.0, "{value}");
                 net = optim.step(0.1, net, grads);
             }

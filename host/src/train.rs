@@ -20,7 +20,7 @@ use crate::inference::{EvalPlan, Tta, evaluate};
 use crate::loss::{LossConfig, median_frequency_weights};
 use crate::model::{Model, ModelConfig};
 use crate::optim::FusedAdam;
-use crate::parallel::{Objective, Replicas, StepBatch};
+use crate::parallel::{Objective, Replicas, StepBatch, check_batch};
 use crate::run::{EpochRecord, RunDir, RunState, Start, model_bytes};
 
 /// The optimiser `config` asks for.
@@ -231,13 +231,7 @@ pub fn train_on(
             }
         };
     }
-    if config.batch < devices.all().len() {
-        return Err(Error::Invalid(format!(
-            "--batch {} cannot be split across {} devices: give at least one image per device",
-            config.batch,
-            devices.all().len()
-        )));
-    }
+    check_batch(config.batch, devices.all().len())?;
     // Everything is validated: only now is the folder written.
     if start != Start::Resume {
         if start == Start::Overwrite {
@@ -247,7 +241,6 @@ pub fn train_on(
     }
     let weighted = !state.class_weights.iter().all(|&w| w == 1.0);
     let replicas = Replicas::new(devices.all(), weighted.then_some(&state.class_weights[..]))?;
-    let on = devices;
     let objective = Objective {
         loss: &config.loss,
         void: config.labels.void,
@@ -316,7 +309,7 @@ pub fn train_on(
         let progress = crate::progress::bar(
             train_source.len() as u64,
             quiet,
-            format!("epoch {of} on {on}"),
+            format!("epoch {of} on {devices}"),
             "images",
         );
         let (mut loss_sum, mut seen, mut lr) = (0.0f64, 0usize, config.lr);
@@ -325,12 +318,12 @@ pub fn train_on(
             let t = progress_after((epoch - 1) * batches_per_epoch + i);
             lr = config.schedule.rate(config.lr, t, config.warmup);
             let step = StepBatch {
-                images: &batch.images,
-                masks: &batch.masks,
-                len: batch.len,
                 hw: (batch.size.height as usize, batch.size.width as usize),
+                images: batch.images,
+                masks: batch.masks,
+                len: batch.len,
             };
-            let (value, grads) = replicas.loss_and_grads(&model, &step, &objective);
+            let (value, grads) = replicas.loss_and_grads(&model, step, &objective);
             if !value.is_finite() {
                 return Err(Error::Invalid(format!(
                     "training diverged at epoch {epoch}, batch {i}: loss is {value}; lower --lr"
@@ -341,7 +334,7 @@ pub fn train_on(
             seen += batch.len;
             progress.inc(batch.len as u64);
             progress.set_message(format!(
-                "epoch {of} on {on} loss {:.4} lr {lr:.2e}",
+                "epoch {of} on {devices} loss {:.4} lr {lr:.2e}",
                 loss_sum / seen as f64
             ));
             if config.time_limit.is_some_and(|limit| elapsed() >= limit) {
@@ -501,13 +494,8 @@ pub fn bench_steps(
     warmup: usize,
     steps: usize,
 ) -> Result<StepTimes> {
+    check_batch(batch, on.all().len())?;
     let replicas = Replicas::new(on.all(), None)?;
-    if batch < on.all().len() {
-        return Err(Error::Invalid(format!(
-            "--batch {batch} cannot be split across {} devices",
-            on.all().len()
-        )));
-    }
     replicas.main().seed(0);
     let mut net = model.init(replicas.main());
     let params = net.num_params();
@@ -526,12 +514,6 @@ pub fn bench_steps(
     let masks: Vec<u8> = (0..batch * h * w)
         .map(|_| rng.below(classes) as u8)
         .collect();
-    let step = StepBatch {
-        images: &images,
-        masks: &masks,
-        len: batch,
-        hw: (h, w),
-    };
     let loss = LossConfig::default();
     let objective = Objective {
         loss: &loss,
@@ -540,7 +522,14 @@ pub fn bench_steps(
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         let started = Instant::now();
-        let (_, grads) = replicas.loss_and_grads(&net, &step, &objective);
+        // From host memory, as the loader hands training its batches.
+        let step = StepBatch {
+            images: images.clone(),
+            masks: masks.clone(),
+            len: batch,
+            hw: (h, w),
+        };
+        let (_, grads) = replicas.loss_and_grads(&net, step, &objective);
         net = optim.step(1e-3, net, grads);
         // burn-flex runs eagerly; other backends queue their kernels.
         replicas.sync()?;
