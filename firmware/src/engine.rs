@@ -15,7 +15,9 @@ use crate::model_info::{MetadataError, ModelInfo};
 
 mod blas;
 pub mod direct;
+pub mod gemmconv;
 mod graph;
+pub use graph::ConvGeometry;
 pub mod pointwise;
 pub mod pool;
 mod relu;
@@ -375,6 +377,7 @@ impl Engine {
                     }
                     if options.own_ops {
                         own_convs += direct::substitute(&mut model)?;
+                        own_convs += gemmconv::substitute(&mut model)?;
                     }
                     pointwise::fuse_relus(&mut model)?;
                     if options.own_ops {

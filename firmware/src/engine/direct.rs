@@ -21,11 +21,9 @@ use tract_linalg::multithread::current_tract_executor;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::Conv;
-use tract_onnx::tract_core::ops::cnn::conv::KernelFormat;
-use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::blas::{scratch, split_work, threads};
-use super::graph::{ConvConstants, eval_images, replace};
+use super::graph::{ConvConstants, ConvGeometry, eval_images, replace};
 
 /// Input channels up to which convolutions run here: beyond, tract's im2col
 /// product is as good.
@@ -51,15 +49,7 @@ pub struct DirectConv {
     /// output channels (zero past `outs`), tap by tap.
     weights: Arc<Vec<f32>>,
     bias: Arc<Vec<f32>>,
-    ins: usize,
-    outs: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    /// Padding before the image (top, left).
-    pad: [usize; 2],
-    /// Input and output plane sizes.
-    input: [usize; 2],
-    output: [usize; 2],
+    geometry: ConvGeometry,
     relu: bool,
 }
 
@@ -82,26 +72,14 @@ pub fn available() -> bool {
 }
 
 impl DirectConv {
-    /// The convolution with `OIHW` `kernel` (`outs x ins x kh x kw`), `bias`,
-    /// `stride`, `pad` before the image, from `input` planes to `output`
-    /// planes.
-    pub fn new(
-        kernel: &[f32],
-        bias: &[f32],
-        [outs, ins]: [usize; 2],
-        [kh, kw]: [usize; 2],
-        stride: [usize; 2],
-        pad: [usize; 2],
-        [input, output]: [[usize; 2]; 2],
-    ) -> DirectConv {
-        assert_eq!(
-            kernel.len(),
-            outs * ins * kh * kw,
-            "kernel is outs x ins x kh x kw"
-        );
+    /// The convolution `geometry` with `OIHW` `kernel` (`outs x ins x kh x
+    /// kw`) and `bias`.
+    pub fn new(kernel: &[f32], bias: &[f32], geometry: ConvGeometry) -> DirectConv {
+        let taps = geometry.taps();
+        let outs = geometry.outs;
+        assert_eq!(kernel.len(), outs * taps, "kernel is outs x ins x kh x kw");
         assert_eq!(bias.len(), outs, "one bias per output channel");
         let groups = outs.div_ceil(LANES);
-        let taps = ins * kh * kw;
         let mut weights = vec![0.0; groups * taps * LANES];
         for o in 0..outs {
             let (g, lane) = (o / LANES, o % LANES);
@@ -112,13 +90,7 @@ impl DirectConv {
         DirectConv {
             weights: Arc::new(weights),
             bias: Arc::new(bias.to_vec()),
-            ins,
-            outs,
-            kernel: [kh, kw],
-            stride,
-            pad,
-            input,
-            output,
+            geometry,
             relu: false,
         }
     }
@@ -132,17 +104,26 @@ impl DirectConv {
     /// Width of the zero-padded copy of an input row: every window inside,
     /// and those of a last partial block of [`PIXELS`].
     fn padded_width(&self) -> usize {
-        let span = (self.output[1] - 1 + PIXELS) * self.stride[1] + self.kernel[1];
-        span.max(self.pad[1] + self.input[1])
+        let span = (self.geometry.output[1] - 1 + PIXELS) * self.geometry.stride[1]
+            + self.geometry.kernel[1];
+        span.max(self.geometry.pad[1] + self.geometry.input[1])
     }
 
     /// Convolves one image, `input` (`ins` planes) into `out` (`outs`
     /// planes), output rows split over the threads of tract's current
     /// executor.
     pub fn run(&self, input: &[f32], out: &mut [f32]) {
-        let ([h, w], [ho, wo]) = (self.input, self.output);
-        assert_eq!(input.len(), self.ins * h * w, "input is ins x h x w");
-        assert_eq!(out.len(), self.outs * ho * wo, "output is outs x ho x wo");
+        let ([h, w], [ho, wo]) = (self.geometry.input, self.geometry.output);
+        assert_eq!(
+            input.len(),
+            self.geometry.ins * h * w,
+            "input is ins x h x w"
+        );
+        assert_eq!(
+            out.len(),
+            self.geometry.outs * ho * wo,
+            "output is outs x ho x wo"
+        );
         if ho == 0 || wo == 0 {
             return;
         }
@@ -158,7 +139,7 @@ impl DirectConv {
         let work: Vec<_> = blocks.into_iter().enumerate().collect();
         split_work(&current_tract_executor(), work, |(b, mut planes)| {
             SCRATCH.with_borrow_mut(|buf| {
-                let window = self.ins * self.kernel[0] * self.padded_width();
+                let window = self.geometry.ins * self.geometry.kernel[0] * self.padded_width();
                 let buf = scratch(buf, window + LANES * wo);
                 let (window, acc) = buf.split_at_mut(window);
                 let rows = planes[0].len() / wo;
@@ -181,26 +162,26 @@ impl DirectConv {
         acc: &mut [f32],
         planes: &mut [&mut [f32]],
     ) {
-        let ([h, w], [_, wo], [kh, kw]) = (self.input, self.output, self.kernel);
+        let g = &self.geometry;
+        let ([h, w], [_, wo], kh) = (g.input, g.output, g.kernel[0]);
         let pw = self.padded_width();
         // The kh input rows under output row y, zero-padded, per channel.
         window.fill(0.0);
-        for c in 0..self.ins {
+        for c in 0..self.geometry.ins {
             for ky in 0..kh {
-                let iy = (y * self.stride[0] + ky) as isize - self.pad[0] as isize;
-                if iy < 0 || iy >= h as isize {
+                let Some(iy) = self.geometry.input_row(y, ky) else {
                     continue;
-                }
-                let src = &input[(c * h + iy as usize) * w..][..w];
-                let at = (c * kh + ky) * pw + self.pad[1];
+                };
+                let src = &input[(c * h + iy) * w..][..w];
+                let at = (c * kh + ky) * pw + self.geometry.pad[1];
                 window[at..at + w].copy_from_slice(src);
             }
         }
-        let taps = self.ins * kh * kw;
+        let taps = self.geometry.taps();
         for (g, group) in self.weights.chunks_exact(taps * LANES).enumerate() {
-            let lanes = LANES.min(self.outs - g * LANES);
+            let lanes = LANES.min(self.geometry.outs - g * LANES);
             let acc = &mut acc[..LANES * wo];
-            match self.stride[1] {
+            match self.geometry.stride[1] {
                 1 => dispatch(|| self.group_row::<1>(window, group, acc)),
                 2 => dispatch(|| self.group_row::<2>(window, group, acc)),
                 3 => dispatch(|| self.group_row::<3>(window, group, acc)),
@@ -225,9 +206,9 @@ impl DirectConv {
     /// check of its own).
     #[inline(always)]
     fn group_row<const SX: usize>(&self, window: &[f32], weights: &[f32], acc: &mut [f32]) {
-        let kw = self.kernel[1];
+        let kw = self.geometry.kernel[1];
         let pw = self.padded_width();
-        let wo = self.output[1];
+        let wo = self.geometry.output[1];
         let mut x0 = 0;
         while x0 < wo {
             let n = PIXELS.min(wo - x0);
@@ -294,11 +275,11 @@ impl Op for DirectConv {
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
             "{}x{} stride {:?} {} -> {} channels{}",
-            self.kernel[0],
-            self.kernel[1],
-            self.stride,
-            self.ins,
-            self.outs,
+            self.geometry.kernel[0],
+            self.geometry.kernel[1],
+            self.geometry.stride,
+            self.geometry.ins,
+            self.geometry.outs,
             if self.relu { ", ReLU" } else { "" }
         )])
     }
@@ -312,16 +293,20 @@ impl EvalOp for DirectConv {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let out_dims = |h, w| {
             ensure!(
-                [h, w] == self.input,
+                [h, w] == self.geometry.input,
                 "DirectConv: input {h}x{w}; expected {:?}",
-                self.input
+                self.geometry.input
             );
-            Ok([self.outs, self.output[0], self.output[1]])
+            Ok([
+                self.geometry.outs,
+                self.geometry.output[0],
+                self.geometry.output[1],
+            ])
         };
         eval_images(
             "DirectConv",
             args_1!(inputs),
-            self.ins,
+            self.geometry.ins,
             out_dims,
             |x, _, out| self.run(x, out),
         )
@@ -335,9 +320,9 @@ impl TypedOp for DirectConv {
         ensure!(inputs[0].rank() == 4, "DirectConv takes NCHW input");
         let out = tvec![
             inputs[0].shape[0].clone(),
-            self.outs.into(),
-            self.output[0].into(),
-            self.output[1].into()
+            self.geometry.outs.into(),
+            self.geometry.output[0].into(),
+            self.geometry.output[1].into()
         ];
         Ok(tvec!(f32::fact(out)))
     }
@@ -357,41 +342,21 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
         let Some(conv) = node.op_as::<Conv>() else {
             continue;
         };
-        let spec = &conv.pool_spec;
-        let fits = conv.q_params.is_none()
-            && conv.group == 1
-            && conv.kernel_fmt == KernelFormat::OIHW
-            && spec.data_format == DataFormat::NCHW
-            && spec.kernel_shape.len() == 2
-            && spec.dilations().iter().all(|&d| d == 1)
-            && (1..=MAX_STRIDE).contains(&spec.strides()[1])
-            && spec.input_channels <= MAX_INS;
-        let outs = spec.output_channels;
         let Some(ConvConstants {
             shape,
             kernel,
             bias,
-        }) = ConvConstants::of(model, node, outs)?
+        }) = ConvConstants::of(model, node, conv.output_channels())?
         else {
             continue;
         };
-        if !fits {
+        let Some(geometry) = ConvGeometry::of(conv, &shape) else {
+            continue;
+        };
+        if geometry.ins > MAX_INS || !(1..=MAX_STRIDE).contains(&geometry.stride[1]) {
             continue;
         }
-        let padding = spec.computed_padding(&shape[2..]);
-        let strides = spec.strides();
-        let op = DirectConv::new(
-            &kernel,
-            &bias,
-            [spec.output_channels, spec.input_channels],
-            [spec.kernel_shape[0], spec.kernel_shape[1]],
-            [strides[0], strides[1]],
-            [padding[0].pad_before, padding[1].pad_before],
-            [
-                [shape[2], shape[3]],
-                [padding[0].convoluted, padding[1].convoluted],
-            ],
-        );
+        let op = DirectConv::new(&kernel, &bias, geometry);
         replace(model, id, op, Some(DirectConv::with_relu))?;
         replaced += 1;
     }
@@ -401,6 +366,7 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::graph::assert_runs_match;
     use crate::rng::Rng;
 
     #[test]
@@ -418,64 +384,23 @@ mod tests {
             (1, 17, 9, 7, 5, 2, 0),
             (4, 40, 16, 15, 3, 2, 1),
         ] {
-            let ho = (h + 2 * pad - k) / s + 1;
-            let wo = (w + 2 * pad - k) / s + 1;
+            let geometry = ConvGeometry::square(ins, outs, [h, w], k, s, pad);
             let x: Vec<f32> = (0..ins * h * w).map(|_| rng.range(-1.0, 1.0)).collect();
             let kernel: Vec<f32> = (0..outs * ins * k * k)
                 .map(|_| rng.range(-0.5, 0.5))
                 .collect();
             let bias: Vec<f32> = (0..outs).map(|_| rng.range(-0.5, 0.5)).collect();
-            let mut expected = vec![0.0f32; outs * ho * wo];
-            for o in 0..outs {
-                for y in 0..ho {
-                    for xo in 0..wo {
-                        let mut acc = bias[o] as f64;
-                        for c in 0..ins {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let iy = (y * s + ky) as isize - pad as isize;
-                                    let ix = (xo * s + kx) as isize - pad as isize;
-                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                        continue;
-                                    }
-                                    acc += x[(c * h + iy as usize) * w + ix as usize] as f64
-                                        * kernel[((o * ins + c) * k + ky) * k + kx] as f64;
-                                }
-                            }
-                        }
-                        expected[(o * ho + y) * wo + xo] = acc as f32;
-                    }
-                }
-            }
-            let op = DirectConv::new(
-                &kernel,
-                &bias,
-                [outs, ins],
-                [k, k],
-                [s, s],
-                [pad, pad],
-                [[h, w], [ho, wo]],
-            );
+            let expected = geometry.reference(&x, &kernel, &bias);
+            let op = DirectConv::new(&kernel, &bias, geometry);
             let relu = op.clone().with_relu();
-            let pool = tract_linalg::multithread::Executor::multithread(3);
-            for threads in [false, true] {
-                let mut out = vec![f32::NAN; expected.len()];
-                let mut out_relu = vec![f32::NAN; expected.len()];
-                let mut run = || {
-                    op.run(&x, &mut out);
-                    relu.run(&x, &mut out_relu);
-                };
-                if threads {
-                    tract_linalg::multithread::multithread_tract_scope(pool.clone(), run);
+            let what = format!("{ins}->{outs} {k}x{k}/{s} pad {pad} at {h}x{w}");
+            assert_runs_match(&what, &expected, 1e-5, |with_relu, out| {
+                if with_relu {
+                    relu.run(&x, out)
                 } else {
-                    run();
+                    op.run(&x, out)
                 }
-                let what = format!("{ins}->{outs} {k}x{k}/{s} pad {pad} at {h}x{w}");
-                for (i, ((a, r), e)) in out.iter().zip(&out_relu).zip(&expected).enumerate() {
-                    assert!((a - e).abs() <= 1e-5, "{what}, value {i}: {a} against {e}");
-                    assert_eq!(*r, a.max(0.0), "{what}: ReLU of value {i}");
-                }
-            }
+            });
         }
     }
 }

@@ -6,7 +6,10 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cast::Cast;
+use tract_onnx::tract_core::ops::cnn::Conv;
+use tract_onnx::tract_core::ops::cnn::conv::KernelFormat;
 use tract_onnx::tract_core::ops::math::Max;
+use tract_onnx::tract_core::ops::nn::DataFormat;
 
 /// A float convolution's input shape and constant weights, as f32.
 pub(super) struct ConvConstants {
@@ -149,4 +152,161 @@ pub(super) fn eval_images(
         }
     }
     Ok(tvec!(out.into_tvalue()))
+}
+
+/// Where a 2-D convolution's taps fall: its channels, kernel, stride,
+/// padding and plane sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConvGeometry {
+    /// Input channels.
+    pub ins: usize,
+    /// Output channels.
+    pub outs: usize,
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Vertical and horizontal stride.
+    pub stride: [usize; 2],
+    /// Padding before the image (top, left); the padding after follows from
+    /// the plane sizes.
+    pub pad: [usize; 2],
+    /// Input plane height and width.
+    pub input: [usize; 2],
+    /// Output plane height and width.
+    pub output: [usize; 2],
+}
+
+impl ConvGeometry {
+    /// The geometry of `conv` on an input of concrete `shape` (`NCHW`) when
+    /// it is a float 2-D convolution of one group, undilated, on `NCHW` data
+    /// with an `OIHW` kernel: the convolutions edgeseg's operators run.
+    pub(super) fn of(conv: &Conv, shape: &[usize]) -> Option<ConvGeometry> {
+        let spec = &conv.pool_spec;
+        let plain = conv.q_params.is_none()
+            && conv.group == 1
+            && conv.kernel_fmt == KernelFormat::OIHW
+            && spec.data_format == DataFormat::NCHW
+            && spec.kernel_shape.len() == 2
+            && shape.len() == 4
+            && spec.dilations().iter().all(|&d| d == 1);
+        if !plain {
+            return None;
+        }
+        let padding = spec.computed_padding(&shape[2..]);
+        let strides = spec.strides();
+        Some(ConvGeometry {
+            ins: spec.input_channels,
+            outs: spec.output_channels,
+            kernel: [spec.kernel_shape[0], spec.kernel_shape[1]],
+            stride: [strides[0], strides[1]],
+            pad: [padding[0].pad_before, padding[1].pad_before],
+            input: [shape[2], shape[3]],
+            output: [padding[0].convoluted, padding[1].convoluted],
+        })
+    }
+
+    /// Kernel taps of one output value: `ins x kh x kw`.
+    pub fn taps(&self) -> usize {
+        self.ins * self.kernel[0] * self.kernel[1]
+    }
+
+    /// The input row under output row `y` and kernel row `ky`, if inside
+    /// the image (else it is padding).
+    pub fn input_row(&self, y: usize, ky: usize) -> Option<usize> {
+        (y * self.stride[0] + ky)
+            .checked_sub(self.pad[0])
+            .filter(|&iy| iy < self.input[0])
+    }
+
+    /// The convolution by its definition, in f64: `kernel` `OIHW`, one
+    /// `bias` per output channel, one image of `ins` planes.
+    #[cfg(test)]
+    pub(super) fn reference(&self, input: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
+        let ([h, w], [ho, wo], [kh, kw]) = (self.input, self.output, self.kernel);
+        let mut out = vec![0.0f32; self.outs * ho * wo];
+        for o in 0..self.outs {
+            for y in 0..ho {
+                for x in 0..wo {
+                    let mut acc = bias[o] as f64;
+                    for c in 0..self.ins {
+                        for ky in 0..kh {
+                            let Some(iy) = self.input_row(y, ky) else {
+                                continue;
+                            };
+                            for kx in 0..kw {
+                                let ix = (x * self.stride[1] + kx).checked_sub(self.pad[1]);
+                                let Some(ix) = ix.filter(|&ix| ix < w) else {
+                                    continue;
+                                };
+                                acc += input[(c * h + iy) * w + ix] as f64
+                                    * kernel[((o * self.ins + c) * kh + ky) * kw + kx] as f64;
+                            }
+                        }
+                    }
+                    out[(o * ho + y) * wo + x] = acc as f32;
+                }
+            }
+        }
+        out
+    }
+
+    /// A geometry for tests: `k x k` kernel, stride `s`, padding `pad` on
+    /// every side.
+    #[cfg(test)]
+    pub(super) fn square(
+        ins: usize,
+        outs: usize,
+        [h, w]: [usize; 2],
+        k: usize,
+        s: usize,
+        pad: usize,
+    ) -> Self {
+        ConvGeometry {
+            ins,
+            outs,
+            kernel: [k, k],
+            stride: [s, s],
+            pad: [pad, pad],
+            input: [h, w],
+            output: [(h + 2 * pad - k) / s + 1, (w + 2 * pad - k) / s + 1],
+        }
+    }
+}
+
+/// Asserts that `run(relu, out)`, an operator's run on one image (with the
+/// ReLU after it when `relu`), writes every value of `expected` within
+/// `tolerance` of its largest magnitude, and the ReLU of those values, on
+/// this thread and on a pool of 3 threads; `what` names the case.
+#[cfg(test)]
+pub(super) fn assert_runs_match(
+    what: &str,
+    expected: &[f32],
+    tolerance: f32,
+    run: impl Fn(bool, &mut [f32]),
+) {
+    let scale = expected.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let pool = tract_linalg::multithread::Executor::multithread(3);
+    for threads in [false, true] {
+        let mut out = vec![f32::NAN; expected.len()];
+        let mut out_relu = vec![f32::NAN; expected.len()];
+        let mut both = || {
+            run(false, &mut out);
+            run(true, &mut out_relu);
+        };
+        if threads {
+            tract_linalg::multithread::multithread_tract_scope(pool.clone(), both);
+        } else {
+            both();
+        }
+        for (i, ((a, r), e)) in out.iter().zip(&out_relu).zip(expected).enumerate() {
+            assert!(
+                (a - e).abs() <= tolerance * scale,
+                "{what}, threads {threads}, value {i}: {a} against {e}"
+            );
+            assert_eq!(
+                *r,
+                a.max(0.0),
+                "{what}, threads {threads}: ReLU of value {i}"
+            );
+        }
+    }
 }
