@@ -78,8 +78,9 @@ pub struct Options {
     pub winograd: bool,
     /// Run the float convolutions edgeseg has operators for with them
     /// instead of tract's im2col, packed products and `DeconvSum`: 1x1
-    /// ([`pointwise`]), stride-2 transposed ([`upsample`]) and those with few
-    /// input channels, the RGB stem ([`direct`]).
+    /// ([`pointwise`]), stride-2 transposed ([`upsample`]), those with few
+    /// input channels or rows long enough ([`direct`]), and the rest
+    /// ([`gemmconv`]).
     pub own_ops: bool,
 }
 
@@ -175,7 +176,8 @@ pub struct Engine {
     /// Convolutions replaced by [`winograd::Winograd`].
     winograd_convs: usize,
     /// Convolutions replaced by [`pointwise::Pointwise`],
-    /// [`upsample::Upsample2`] and [`direct::DirectConv`].
+    /// [`upsample::Upsample2`], [`direct::DirectConv`] and
+    /// [`gemmconv::GemmConv`].
     own_convs: usize,
 }
 
@@ -361,6 +363,7 @@ impl Engine {
                 let mut model = typed()?;
                 if precision != Precision::F16 && options.own_ops {
                     own_convs = pointwise::substitute(&mut model)?;
+                    own_convs += gemmconv::substitute_strided_pointwise(&mut model)?;
                 }
                 model.declutter()?;
                 if precision == Precision::F16 {
@@ -479,8 +482,8 @@ impl Engine {
     }
 
     /// How many convolutions run as [`pointwise::Pointwise`],
-    /// [`upsample::Upsample2`] or [`direct::DirectConv`]
-    /// ([`Options::own_ops`]).
+    /// [`upsample::Upsample2`], [`direct::DirectConv`] or
+    /// [`gemmconv::GemmConv`] ([`Options::own_ops`]).
     pub fn own_convs(&self) -> usize {
         self.own_convs
     }

@@ -25,9 +25,17 @@ use tract_onnx::tract_core::ops::cnn::Conv;
 use super::blas::{scratch, split_work, threads};
 use super::graph::{ConvConstants, ConvGeometry, eval_images, replace};
 
-/// Input channels up to which convolutions run here: beyond, tract's im2col
-/// product is as good.
+/// Input channels up to which convolutions run here whatever their plane:
+/// beyond, they do only when their output rows fill the pixel blocks
+/// ([`MIN_FILL`]).
 pub const MAX_INS: usize = 4;
+
+/// Fraction of the pixel blocks along an output row that must hold pixels
+/// for a convolution with more than [`MAX_INS`] input channels to run here
+/// rather than as [`GemmConv`](super::gemmconv::GemmConv): rows of 8 pixels
+/// (8 of 12 block places used) ran slower than the product, rows of 16 and 32
+/// (16 of 18, 32 of 36) faster (BENCHMARKS.md, "GemmConv and DirectConv").
+pub const MIN_FILL: f32 = 0.85;
 
 /// Horizontal strides up to which convolutions run here (each has its own
 /// compiled kernel).
@@ -328,10 +336,21 @@ impl TypedOp for DirectConv {
     }
 }
 
-/// Replaces every convolution of the decluttered float graph `model` with at
-/// most [`MAX_INS`] input channels by a [`DirectConv`], with its ReLU when
-/// one alone follows, if this CPU runs it ([`available`]); returns how many
-/// were replaced. Shapes must be concrete.
+/// Whether [`DirectConv`] runs `geometry`, and faster than the
+/// alternatives: a horizontal stride up to [`MAX_STRIDE`], and at most
+/// [`MAX_INS`] input channels or output rows that fill [`MIN_FILL`] of
+/// their pixel blocks.
+pub fn suits(geometry: &ConvGeometry) -> bool {
+    let wo = geometry.output[1];
+    let fill = wo as f32 / (wo.div_ceil(PIXELS) * PIXELS).max(1) as f32;
+    (1..=MAX_STRIDE).contains(&geometry.stride[1]) && (geometry.ins <= MAX_INS || fill >= MIN_FILL)
+}
+
+/// Replaces every convolution of the decluttered float graph `model` that
+/// [`DirectConv`] [`suits`] by one, with its ReLU when one alone follows, if
+/// this CPU runs it ([`available`]); returns how many were replaced. Runs
+/// after Winograd has taken the 3x3 stride-1 convolutions it speeds up.
+/// Shapes must be concrete.
 pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
     if !available() {
         return Ok(0);
@@ -353,7 +372,7 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
         let Some(geometry) = ConvGeometry::of(conv, &shape) else {
             continue;
         };
-        if geometry.ins > MAX_INS || !(1..=MAX_STRIDE).contains(&geometry.stride[1]) {
+        if !suits(&geometry) {
             continue;
         }
         let op = DirectConv::new(&kernel, &bias, geometry);
@@ -377,12 +396,14 @@ mod tests {
         }
         let mut rng = Rng::new(21);
         // (ins, outs, h, w, k, stride, pad): the 7x7/2 stem, odd sizes,
-        // channel counts that are not multiples of the lanes.
+        // channel counts that are not multiples of the lanes, a stride-2
+        // 3x3 of a deeper stage.
         for (ins, outs, h, w, k, s, pad) in [
             (3, 32, 37, 29, 7, 2, 3),
             (3, 5, 8, 13, 3, 1, 1),
             (1, 17, 9, 7, 5, 2, 0),
             (4, 40, 16, 15, 3, 2, 1),
+            (21, 24, 13, 35, 3, 2, 1),
         ] {
             let geometry = ConvGeometry::square(ins, outs, [h, w], k, s, pad);
             let x: Vec<f32> = (0..ins * h * w).map(|_| rng.range(-1.0, 1.0)).collect();

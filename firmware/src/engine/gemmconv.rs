@@ -242,6 +242,27 @@ impl TypedOp for GemmConv {
 /// [`ConvGeometry::of`] by a [`GemmConv`], with its ReLU when one alone
 /// follows; returns how many were replaced. Shapes must be concrete.
 pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
+    substitute_where(model, |_| true, true)
+}
+
+/// Replaces the strided 1x1 convolutions (a ResNet's shortcuts) of the
+/// typed graph `model` before decluttering, which would split them into a
+/// subsampling and a product whose input tract packs on every run; returns
+/// how many were replaced.
+pub fn substitute_strided_pointwise(model: &mut TypedModel) -> TractResult<usize> {
+    let strided_1x1 = |g: &ConvGeometry| g.kernel == [1, 1] && g.stride != [1, 1];
+    // Before decluttering a ReLU is not yet in the form `replace` fuses; a
+    // shortcut feeds an addition anyway.
+    substitute_where(model, strided_1x1, false)
+}
+
+/// Replaces the convolutions whose geometry passes `keep`, with the ReLU
+/// after each when `relus`.
+fn substitute_where(
+    model: &mut TypedModel,
+    keep: impl Fn(&ConvGeometry) -> bool,
+    relus: bool,
+) -> TractResult<usize> {
     let mut replaced = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
@@ -256,14 +277,15 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
         else {
             continue;
         };
-        let Some(geometry) = ConvGeometry::of(conv, &shape) else {
+        let Some(geometry) = ConvGeometry::of(conv, &shape).filter(&keep) else {
             continue;
         };
+        let op = GemmConv::new(&kernel, &bias, geometry);
         replace(
             model,
             id,
-            GemmConv::new(&kernel, &bias, geometry),
-            Some(GemmConv::with_relu),
+            op,
+            relus.then_some(GemmConv::with_relu as fn(_) -> _),
         )?;
         replaced += 1;
     }
