@@ -13,14 +13,21 @@ pub(super) fn threads(executor: &Executor) -> usize {
 
 /// Runs `work` on each of `groups`, each on a thread of `executor`'s pool
 /// (on this thread when there is one group or no pool).
-pub(super) fn split<T: Send>(executor: &Executor, groups: Vec<T>, work: impl Fn(T) + Sync) {
+pub(super) fn split<T: Send>(executor: &Executor, mut groups: Vec<T>, work: impl Fn(T) + Sync) {
     match executor {
-        Executor::MultiThread(pool) if groups.len() > 1 => pool.scope(|s| {
-            let work = &work;
-            for group in groups {
-                s.spawn(move |_| work(group));
-            }
-        }),
+        Executor::MultiThread(pool) if groups.len() > 1 => {
+            // The calling thread takes the last group itself: it is awake
+            // and its cache holds the operator's input, so only the others
+            // wait for a pool thread to wake.
+            let mine = groups.pop();
+            pool.in_place_scope(|s| {
+                let work = &work;
+                for group in groups {
+                    s.spawn(move |_| work(group));
+                }
+                mine.into_iter().for_each(work);
+            })
+        }
         _ => groups.into_iter().for_each(work),
     }
 }
