@@ -537,16 +537,19 @@ impl Engine {
         let tensor = self.input_value(input)?;
         let mut times = Vec::new();
         let state = &mut self.state;
-        multithread_tract_scope(self.executor.clone(), || {
-            state.run_plan_with_eval(tvec!(tensor), |ctx, state, node, inputs| {
-                let started = std::time::Instant::now();
-                let out = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
-                times.push((
-                    node.name.clone(),
-                    node.op.name().to_string(),
-                    started.elapsed().as_secs_f64(),
-                ));
-                out
+        let executor = &self.executor;
+        multithread_tract_scope(executor.clone(), || {
+            blas::with_pool_awake(executor, || {
+                state.run_plan_with_eval(tvec!(tensor), |ctx, state, node, inputs| {
+                    let started = std::time::Instant::now();
+                    let out = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
+                    times.push((
+                        node.name.clone(),
+                        node.op.name().to_string(),
+                        started.elapsed().as_secs_f64(),
+                    ));
+                    out
+                })
             })
         })
         .map_err(|e| tract_error("running the model", e))?;
@@ -594,8 +597,11 @@ impl Engine {
     pub fn run(&mut self, input: &[f32]) -> Result<&[f32], EngineError> {
         let value = self.input_value(input)?;
         let state = &mut self.state;
-        let outputs = multithread_tract_scope(self.executor.clone(), || state.run(tvec!(value)))
-            .map_err(|e| tract_error("running the model", e))?;
+        let executor = &self.executor;
+        let outputs = multithread_tract_scope(executor.clone(), || {
+            blas::with_pool_awake(executor, || state.run(tvec!(value)))
+        })
+        .map_err(|e| tract_error("running the model", e))?;
         let logits = outputs[0]
             .cast_to::<f32>()
             .map_err(|e| tract_error("reading the logits", e))?;
