@@ -38,9 +38,10 @@ if [ ! -e "$out/wide.int8.onnx" ]; then
         --out "$out/wide.int8.onnx" >/dev/null
 fi
 
-# Whether tract sees half-precision arithmetic on this CPU (--info's field).
+# Whether tract has half-precision matrix kernels for this CPU (--info's field;
+# on x86 with AVX-512 FP16 it has none, and f16 would run its scalar kernel).
 f16=$(target/release/edgeseg-run --model "$out/demo.onnx" --precision f32 --info 2>/dev/null |
-    "$python" -c 'import json,sys; print(json.load(sys.stdin)["cpu_f16_arithmetic"])' || echo False)
+    "$python" -c 'import json,sys; print(json.load(sys.stdin)["cpu_f16_products"])' || echo False)
 
 median() { "$python" -c 'import json,sys; print("%.2f" % json.loads(sys.stdin.readlines()[0])["median_ms"])'; }
 ours() { "$profile" "$@" --frames "$frames" | median; }

@@ -27,6 +27,12 @@ pub const TRIAL_FRAMES: usize = 8;
 /// Untimed runs before a candidate is timed.
 pub const WARMUP: usize = 2;
 
+/// A candidate whose first run takes longer than this many times float's
+/// median is dropped after that one run (a precision the CPU has but tract
+/// runs without matching kernels, such as f16 on x86, can be hundreds of
+/// times slower, and timing it in full would hold up start-up for minutes).
+pub const GIVE_UP_FACTOR: f64 = 3.0;
+
 /// What the user asked for: one precision, or the fastest that agrees.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Choice {
@@ -59,6 +65,11 @@ pub struct CpuFeatures {
     pub names: Vec<&'static str>,
     /// Half-precision arithmetic (ARMv8.2 `asimdhp`, AVX-512 FP16).
     pub f16_arithmetic: bool,
+    /// Half-precision matrix kernels in tract for this CPU: `arm64fp16` on
+    /// aarch64 with `asimdhp`. tract has none for x86's AVX-512 FP16, where an
+    /// f16 model's products run in its portable scalar kernel, hundreds of
+    /// times slower than f32; only this makes f16 worth trying.
+    pub f16_products: bool,
     /// 8-bit dot products (ARM SDOT, x86 VNNI or AMX).
     pub int8_dot: bool,
 }
@@ -72,6 +83,7 @@ impl CpuFeatures {
         CpuFeatures {
             names: set.iter().map(|i| i.name()).collect(),
             f16_arithmetic: has(Isa::Aarch64Fp16) || has(Isa::X86_64Avx512Fp16),
+            f16_products: has(Isa::Aarch64Fp16),
             int8_dot: [
                 Isa::Aarch64DotProd,
                 Isa::X86_64Avx512Vnni,
@@ -87,7 +99,7 @@ impl CpuFeatures {
     pub fn worth_trying(&self, precision: Precision) -> bool {
         match precision {
             Precision::F32 => true,
-            Precision::F16 => self.f16_arithmetic,
+            Precision::F16 => self.f16_products,
             Precision::Int8 => self.int8_dot,
         }
     }
@@ -170,6 +182,9 @@ pub struct Trial {
     pub median_ms: f64,
     /// Share of pixels whose class equals float's (1 for float itself).
     pub agreement: f64,
+    /// Frames timed: [`TRIAL_FRAMES`], or 1 when the first run alone was
+    /// over [`GIVE_UP_FACTOR`] times float's median.
+    pub frames: usize,
 }
 
 /// The model `select` settled on and how it got there.
@@ -280,7 +295,9 @@ pub fn select(
         if frames.is_empty() {
             frames = trial_frames(segmenter.mask_size());
         }
-        let (median_ms, masks) = time_on(&mut segmenter, &frames)?;
+        let give_up_ms = trials.first().map(|f: &Trial| GIVE_UP_FACTOR * f.median_ms);
+        let (median_ms, masks) = time_on(&mut segmenter, &frames, give_up_ms)?;
+        let timed = masks.len();
         let agreement = if reference.is_empty() {
             reference = masks;
             1.0
@@ -295,6 +312,7 @@ pub fn select(
                 .into(),
             median_ms,
             agreement,
+            frames: timed,
         });
         let keep = choose(&trials, MIN_AGREEMENT) == Some(trials.len() - 1);
         if keep || best.is_none() {
@@ -311,7 +329,12 @@ pub fn select(
             } else {
                 format!(", {:.2} % of pixels as f32", 100.0 * t.agreement)
             };
-            format!("{} {:.1} ms{agree}", t.precision, t.median_ms)
+            let cut = if t.frames < TRIAL_FRAMES {
+                format!(" on its first run, over {GIVE_UP_FACTOR}x f32: not timed further")
+            } else {
+                String::new()
+            };
+            format!("{} {:.1} ms{cut}{agree}", t.precision, t.median_ms)
         })
         .collect();
     let summary = format!(
@@ -350,13 +373,20 @@ fn trial_frames(size: Size) -> Vec<OwnedFrame> {
 }
 
 /// Median inference milliseconds over `frames` after [`WARMUP`] runs, and the
-/// masks.
+/// masks; or, when the first run takes longer than `give_up_ms`, that run's
+/// time and mask alone.
 fn time_on(
     segmenter: &mut Segmenter,
     frames: &[OwnedFrame],
+    give_up_ms: Option<f64>,
 ) -> Result<(f64, Vec<Vec<u8>>), EngineError> {
-    for f in frames.iter().cycle().take(WARMUP) {
+    for (i, f) in frames.iter().cycle().take(WARMUP).enumerate() {
+        let started = Instant::now();
         segmenter.segment(&f.frame())?;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        if i == 0 && give_up_ms.is_some_and(|limit| ms > limit) {
+            return Ok((ms, vec![segmenter.mask().to_vec()]));
+        }
     }
     let mut times = Vec::with_capacity(frames.len());
     let mut masks = Vec::with_capacity(frames.len());
@@ -390,6 +420,7 @@ mod tests {
             path: PathBuf::new(),
             median_ms,
             agreement,
+            frames: TRIAL_FRAMES,
         }
     }
 
@@ -424,6 +455,7 @@ mod tests {
         let cpu = CpuFeatures {
             names: Vec::new(),
             f16_arithmetic: false,
+            f16_products: false,
             int8_dot: false,
         };
         // The int8 file is the one candidate: loading it is what fails here.

@@ -566,6 +566,83 @@ fn v4l2_source_errors_name_the_device() {
     }
 }
 
+/// `--precision auto` stops timing a candidate whose first run takes over
+/// `GIVE_UP_FACTOR` times float's median: f16 on x86, where tract has no
+/// half-precision matrix kernels and runs its scalar one, would otherwise hold
+/// up start-up for minutes on a real model (it did, in `edgeseg demo` on a
+/// Xeon with AVX-512 FP16, before f16 was limited to `f16_products`).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn auto_precision_gives_up_on_a_far_slower_candidate() {
+    use firmware::engine::{Options, Precision};
+    use firmware::precision::{Choice, CpuFeatures, ModelFiles, TRIAL_FRAMES, select};
+    let dir = tempfile::tempdir().unwrap();
+    let float = dir.path().join("model.onnx");
+    // Three 3x3 convolutions, 3 -> 64 -> 64 -> 3 channels: 0.12 G
+    // multiply-adds a frame, milliseconds in f32 (1x1 ones would not do:
+    // tract runs those in f16 with its f32 kernel and f16 packing).
+    let weights = |name: &str, outs: i64, ins: i64| {
+        let raw = (0..outs * ins * 9)
+            .flat_map(|i| ((i % 7) as f32 * 0.01 - 0.03).to_le_bytes())
+            .collect();
+        tensor(
+            name,
+            &[outs, ins, 3, 3],
+            pb::tensor_proto::DataType::Float,
+            raw,
+        )
+    };
+    let conv = |inputs: &[&str], output: &str| pb::NodeProto {
+        attribute: vec![pb::AttributeProto {
+            name: "pads".into(),
+            ints: vec![1, 1, 1, 1],
+            r#type: pb::attribute_proto::AttributeType::Ints as i32,
+            ..Default::default()
+        }],
+        ..node("Conv", inputs, output)
+    };
+    write_graph(
+        &float,
+        vec![
+            conv(&["image", "w1"], "h1"),
+            conv(&["h1", "w2"], "h2"),
+            conv(&["h2", "w3"], "logits"),
+        ],
+        vec![
+            weights("w1", 64, 3),
+            weights("w2", 64, 64),
+            weights("w3", 3, 64),
+        ],
+        "float32",
+    );
+    // Make f16 a candidate, as on a CPU tract had f16 kernels for.
+    let cpu = CpuFeatures {
+        names: Vec::new(),
+        f16_arithmetic: true,
+        f16_products: true,
+        int8_dot: false,
+    };
+    let files = ModelFiles::around(&float, false);
+    let chosen = select(&files, Choice::Auto, &cpu, Options::default(), 1).unwrap();
+    let trials: Vec<_> = chosen
+        .trials
+        .iter()
+        .map(|t| (t.precision, t.frames))
+        .collect();
+    assert_eq!(
+        trials,
+        [(Precision::F32, TRIAL_FRAMES), (Precision::F16, 1)],
+        "{}",
+        chosen.summary
+    );
+    assert_eq!(chosen.segmenter.engine().precision(), Precision::F32);
+    assert!(
+        chosen.summary.contains("not timed further"),
+        "{}",
+        chosen.summary
+    );
+}
+
 /// `--precision auto` keeps float when the int8 model beside it disagrees,
 /// however fast it is; a faithful int8 model agrees and is timed.
 #[test]
@@ -580,6 +657,7 @@ fn auto_precision_keeps_float_when_int8_disagrees() {
     let cpu = CpuFeatures {
         names: Vec::new(),
         f16_arithmetic: false,
+        f16_products: false,
         int8_dot: true,
     };
     let auto =

@@ -199,6 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             "quantized": int8,
             "cpu_features": cpu.names,
             "cpu_f16_arithmetic": cpu.f16_arithmetic,
+            "cpu_f16_products": cpu.f16_products,
             "cpu_int8_dot_product": cpu.int8_dot,
             "running": {
                 "precision": engine.precision().name(),
@@ -213,6 +214,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "precision": t.precision.name(),
                 "median_ms": t.median_ms,
                 "agreement": t.agreement,
+                "frames": t.frames,
             })).collect::<Vec<_>>(),
         });
         println!("{json}");
