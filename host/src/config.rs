@@ -218,6 +218,7 @@ impl TrainConfig {
                 synthetic_val: defaults::SYNTHETIC_VAL,
                 seed: 0,
                 val_sequences: Vec::new(),
+                train_on_val: false,
             },
             labels: LabelSpace::camvid(),
             model,
@@ -256,6 +257,9 @@ impl TrainConfig {
         };
         let data = match &self.data.root {
             None => "synthetic scenes".to_string(),
+            Some(root) if self.data.train_on_val => {
+                format!("{} (train and val pooled)", root.display())
+            }
             Some(root) if self.data.val_sequences.is_empty() => root.display().to_string(),
             Some(root) => format!(
                 "{} (holding out {})",

@@ -163,14 +163,21 @@ impl FileSplit {
         })
     }
 
-    /// Split `split` of the dataset at `root` pooled over its `train` and
-    /// `val` splits and cut by sequence: `val` is every frame whose file name
-    /// starts with one of `held_out`, `train` every other frame.
-    pub fn by_sequence(root: &Path, split: &str, held_out: &[String]) -> Result<FileSplit> {
+    /// Every labelled frame of the dataset at `root`: its `train` and `val`
+    /// splits together (a plain `images/` + `masks/` folder whole).
+    pub fn pooled(root: &Path) -> Result<FileSplit> {
         let mut pool = FileSplit::open(root, "train", 0.0, 0)?;
         if let Ok(val) = FileSplit::open(root, "val", 0.0, 0) {
             pool.pairs.extend(val.pairs);
         }
+        Ok(pool)
+    }
+
+    /// Split `split` of the dataset at `root` pooled over its `train` and
+    /// `val` splits and cut by sequence: `val` is every frame whose file name
+    /// starts with one of `held_out`, `train` every other frame.
+    pub fn by_sequence(root: &Path, split: &str, held_out: &[String]) -> Result<FileSplit> {
+        let mut pool = FileSplit::pooled(root)?;
         let want_val = split != "train";
         let held = |image: &Path| {
             let name = image
@@ -399,14 +406,31 @@ pub struct DataSpec {
     /// model never saw. Empty: the dataset's own train and val splits.
     #[serde(default)]
     pub val_sequences: Vec<String>,
+    /// Train on the dataset's train and val splits pooled: the final training
+    /// of a recipe chosen on held-out drives. Validation still runs on the
+    /// val split, which the model has then seen, so its figures say nothing
+    /// about unseen streets.
+    #[serde(default)]
+    pub train_on_val: bool,
 }
 
 impl Source {
     /// Split `split` of the data `spec` describes; synthetic scenes render at `size`.
     pub fn open(spec: &DataSpec, split: &str, size: Size) -> Result<Source> {
         match &spec.root {
+            Some(_) if spec.train_on_val && !spec.val_sequences.is_empty() => {
+                Err(Error::Invalid(
+                    "--train-on-val trains on every frame, so no drive would be held out by --val-sequence; give one or the other".into(),
+                ))
+            }
             Some(root) if !spec.val_sequences.is_empty() => Ok(Source::Files(
                 FileSplit::by_sequence(root, split, &spec.val_sequences)?,
+            )),
+            Some(root) if spec.train_on_val && split == "train" => {
+                Ok(Source::Files(FileSplit::pooled(root)?))
+            }
+            None if spec.train_on_val => Err(Error::Invalid(
+                "--train-on-val pools a dataset's train and val splits: it needs --data".into(),
             )),
             Some(root) => Ok(Source::Files(FileSplit::open(
                 root,
@@ -1082,6 +1106,7 @@ mod tests {
             synthetic_val: 0,
             seed: 0,
             val_sequences: held.iter().map(|s| s.to_string()).collect(),
+            train_on_val: false,
         };
         let size = Size::new(8, 6);
         let seqs = |held: &[&str], split: &str| {
@@ -1122,6 +1147,31 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("leaves no frame to train on"), "{err}");
+
+        // --train-on-val: every frame of both splits trains, val stays val,
+        // and it refuses to be combined with a held-out drive or synthetic data.
+        let pooled = DataSpec {
+            train_on_val: true,
+            ..spec(&[])
+        };
+        let open = |spec: &DataSpec, split| Source::open(spec, split, size).map(|s| s.sequences());
+        assert_eq!(
+            open(&pooled, "train").unwrap(),
+            owned(&[("0001TP", 2), ("0006R0", 1), ("0016E5", 3)])
+        );
+        assert_eq!(open(&pooled, "val").unwrap(), owned(&[("0016E5", 2)]));
+        let both = DataSpec {
+            train_on_val: true,
+            ..spec(&["0006R0"])
+        };
+        let err = open(&both, "train").unwrap_err().to_string();
+        assert!(err.contains("--val-sequence"), "{err}");
+        let synthetic = DataSpec {
+            root: None,
+            ..pooled.clone()
+        };
+        let err = open(&synthetic, "train").unwrap_err().to_string();
+        assert!(err.contains("needs --data"), "{err}");
     }
 
     #[test]

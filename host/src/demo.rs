@@ -182,6 +182,7 @@ pub fn run(options: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoRepor
         synthetic_val: 0,
         seed: options.seed,
         val_sequences: Vec::new(),
+        train_on_val: false,
     };
     let labels = Source::open(&data, "train", size)?.labels();
     let model = ModelConfig::linknet(labels.num_classes(), 18, 0.5).with_stem_skip(true);

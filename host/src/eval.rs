@@ -148,6 +148,9 @@ pub fn evaluate_run(
             spec.val_sequences.join(", ")
         )
     };
+    if spec.train_on_val && spec.root == config.data.root && split != "train" {
+        scored += ", which the run trained on (--train-on-val): not a measure of unseen frames";
+    }
     if tta == Tta::Flip {
         scored += ", each picture averaged with its mirror image (--tta flip)";
     }

@@ -333,6 +333,12 @@ struct TrainArgs {
     /// streets the model never saw.
     #[arg(long, value_delimiter = ',')]
     val_sequence: Vec<String>,
+    /// Train on the dataset's train and val splits together: the final
+    /// training once a recipe is chosen (on held-out drives, --val-sequence).
+    /// Validation still runs on val, which the model then has seen, so its
+    /// figures no longer measure anything; use last.bpk, not best.bpk.
+    #[arg(long, conflicts_with = "val_sequence")]
+    train_on_val: bool,
     /// Validate after every N-th epoch only (and after the first and the
     /// last); saves time when the validation set is large, such as a
     /// held-out drive.
@@ -400,6 +406,7 @@ impl TrainArgs {
             synthetic_val: self.synthetic_val,
             seed: self.seed,
             val_sequences: self.val_sequence.clone(),
+            train_on_val: self.train_on_val,
         };
         // The classes come from the data: CamVid's, Cityscapes', a class_dict.csv, or binary.
         let labels = host::data::Source::open(&data, "train", self.size)?.labels();

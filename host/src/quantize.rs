@@ -205,6 +205,7 @@ pub fn quantize_file(job: &QuantizeJob) -> Result<QuantReport> {
         synthetic_val: job.eval_images,
         seed: 0,
         val_sequences: Vec::new(),
+        train_on_val: false,
     };
     let source = Source::open(&spec, "val", size)?;
     let void = info.void.unwrap_or(u8::MAX);

@@ -46,6 +46,7 @@ fn train_small(data: &Path, out: &Path, size: Size, epochs: usize) -> RunDir {
         synthetic_val: 0,
         seed: 0,
         val_sequences: Vec::new(),
+        train_on_val: false,
     };
     let labels = host::data::Source::open(&spec, "train", size)
         .unwrap()
