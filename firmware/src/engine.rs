@@ -624,3 +624,24 @@ impl Engine {
         Ok(&self.logits)
     }
 }
+
+/// tract 0.23.9's AMX int8 kernel (`avx512amx_mmm_i32_16x16`, on Xeons with
+/// `amx_int8`) reads its tiles past the end of its packed operands on small
+/// models: the README's 64x48 int8 model died of SIGSEGV in `tileloaddt1` as
+/// soon as it ran on a pipeline thread, whose heap arena ends sooner than the
+/// main thread's. Until that is fixed upstream, the binaries take `amx-int8`
+/// out of tract's instruction set (`TRACT_CPU_ISA=-amx-int8`; int8 then runs
+/// tract's AVX-512 VNNI kernels) unless the user set `TRACT_CPU_ISA`.
+///
+/// # Safety
+///
+/// Sets an environment variable: call it first thing in `main`, before any
+/// other thread exists and before tract reads its instruction set.
+#[allow(unsafe_code)]
+pub unsafe fn avoid_broken_kernels() {
+    #[cfg(target_arch = "x86_64")]
+    if std::env::var_os("TRACT_CPU_ISA").is_none() {
+        // SAFETY: the caller guarantees that no other thread runs yet.
+        unsafe { std::env::set_var("TRACT_CPU_ISA", "-amx-int8") };
+    }
+}

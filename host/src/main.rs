@@ -740,6 +740,11 @@ fn keep_freed_memory() {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any thread starts.
+    #[allow(unsafe_code)]
+    unsafe {
+        firmware::engine::avoid_broken_kernels()
+    };
     keep_freed_memory();
     let cli = Cli::parse();
     firmware::logging::init(cli.verbose, cli.quiet);

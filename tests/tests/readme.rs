@@ -208,7 +208,8 @@ fn run(program: &Path, args: &[String], cwd: &Path, stdin: Vec<u8>, what: &str) 
     writer.join().unwrap();
     assert!(
         out.status.success(),
-        "README command failed: {what}\nran: {} {args:?}\n{}\n{}",
+        "README command failed ({}): {what}\nran: {} {args:?}\n{}\n{}",
+        out.status,
         program.display(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
@@ -246,7 +247,9 @@ fn the_readme_commands_run() {
     assert!(commands.len() >= 15, "{commands:#?}");
     let (edgeseg, edgeseg_run) = binaries();
     let dir = tempfile::tempdir().unwrap();
-    let cwd = dir.path();
+    let dir = tempfile::TempDir::keep(dir);
+    eprintln!("KEEP {}", dir.display());
+    let cwd = dir.as_path();
     // Stand-ins for what the reader brings: CamVid (here a small synthetic
     // set in its layout) and a street picture.
     let synth = |out: &str| {

@@ -309,6 +309,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any thread starts.
+    #[allow(unsafe_code)]
+    unsafe {
+        firmware::engine::avoid_broken_kernels()
+    };
     let cli = Cli::try_parse().inspect(|cli| firmware::logging::init(cli.verbose, cli.quiet));
     match cli {
         Ok(cli) => match run(cli) {
