@@ -190,10 +190,10 @@ impl DirectConv {
             let lanes = LANES.min(self.geometry.outs - g * LANES);
             let acc = &mut acc[..LANES * wo];
             match self.geometry.stride[1] {
-                1 => dispatch(|| self.group_row::<1>(window, group, acc)),
-                2 => dispatch(|| self.group_row::<2>(window, group, acc)),
-                3 => dispatch(|| self.group_row::<3>(window, group, acc)),
-                _ => dispatch(|| self.group_row::<4>(window, group, acc)),
+                1 => self.fma_row::<1>(window, group, acc),
+                2 => self.fma_row::<2>(window, group, acc),
+                3 => self.fma_row::<3>(window, group, acc),
+                _ => self.fma_row::<4>(window, group, acc),
             }
             let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
             for lane in 0..lanes {
@@ -205,6 +205,38 @@ impl DirectConv {
                 }
             }
         }
+    }
+
+    /// [`Self::group_row`] compiled with fused multiply-add (AVX2 and FMA on
+    /// x86-64; part of aarch64's baseline), which [`substitute`] made sure
+    /// the CPU has. `group_row` is inlined into a function compiled for
+    /// them, not called through a closure: a closure the optimiser chose
+    /// not to inline (as at `opt-level = 2`) ran `mul_add` as calls to
+    /// libm's `fmaf`, 15x slower.
+    #[inline(always)]
+    fn fma_row<const SX: usize>(&self, window: &[f32], weights: &[f32], acc: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2,fma")]
+            fn fma<const SX: usize>(
+                op: &DirectConv,
+                window: &[f32],
+                weights: &[f32],
+                acc: &mut [f32],
+            ) {
+                op.group_row::<SX>(window, weights, acc)
+            }
+            // SAFETY: `DirectConv` only runs where `available()` found AVX2
+            // and FMA (checked by `substitute` before it puts one in a graph,
+            // and asserted here in debug builds).
+            debug_assert!(available());
+            #[allow(unsafe_code)]
+            unsafe {
+                fma::<SX>(self, window, weights, acc)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        self.group_row::<SX>(window, weights, acc)
     }
 
     /// `acc[x][lane]`: the convolution without bias of one group of output
@@ -245,29 +277,6 @@ impl DirectConv {
             x0 += n;
         }
     }
-}
-
-/// Runs `f` compiled with fused multiply-add (AVX2 and FMA on x86-64; part
-/// of aarch64's baseline), which [`substitute`] made sure the CPU has.
-#[inline(always)]
-fn dispatch(f: impl FnOnce()) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        fn fma(f: impl FnOnce()) {
-            f()
-        }
-        // SAFETY: `DirectConv` only runs where `available()` found AVX2 and
-        // FMA (checked by `substitute` before it puts one in a graph, and
-        // asserted here in debug builds).
-        debug_assert!(available());
-        #[allow(unsafe_code)]
-        unsafe {
-            fma(f)
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    f()
 }
 
 thread_local! {
