@@ -155,6 +155,9 @@ fn write_int8_model(path: &Path, rotate: usize) {
 fn run(args: &[&str], stdin: &[u8]) -> (String, String, bool) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_edgeseg-run"))
         .args(args)
+        // As on a board: the binary picks tract's instruction set itself
+        // (`engine::avoid_broken_kernels`), not from cargo's environment.
+        .env_remove("TRACT_CPU_ISA")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
