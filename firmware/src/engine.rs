@@ -20,6 +20,8 @@ mod graph;
 pub use graph::ConvGeometry;
 pub mod pointwise;
 pub mod pool;
+pub mod qconv;
+pub mod quantize;
 mod relu;
 pub mod upsample;
 pub mod winograd;
@@ -379,6 +381,8 @@ impl Engine {
                         winograd_convs = winograd::substitute(&mut model)?;
                     }
                     if options.own_ops {
+                        own_convs += qconv::substitute(&mut model)?;
+                        quantize::substitute(&mut model)?;
                         own_convs += direct::substitute(&mut model)?;
                         own_convs += gemmconv::substitute(&mut model)?;
                     }
@@ -505,14 +509,25 @@ impl Engine {
     }
 
     /// The matrix-multiply kernels of the optimised graph (the convolutions), with
-    /// the operand types tract packed for them.
+    /// the operand types tract packed for them, and edgeseg's own int8
+    /// convolutions ([`qconv::QConv`], kernel [`qconv::KERNEL`]: integer,
+    /// requantisation fused).
     pub fn matmul_kernels(&self) -> Vec<Kernel> {
         let model = self.plan.model();
         model
             .nodes()
             .iter()
-            .filter(|n| n.op.name() == "OptMatMul")
+            .filter(|n| ["OptMatMul", "QConv"].contains(&&*n.op.name()))
             .map(|n| {
+                if n.op_as::<qconv::QConv>().is_some() {
+                    return Kernel {
+                        node: n.name.clone(),
+                        integer: true,
+                        fused_requantization: true,
+                        kernel: qconv::KERNEL.into(),
+                        description: n.op.info().unwrap_or_default().join("; "),
+                    };
+                }
                 let description = n.op.info().unwrap_or_default().join("; ");
                 let kernel = description
                     .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))

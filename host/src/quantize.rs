@@ -46,7 +46,8 @@ pub struct QuantReport {
     pub info: ModelInfo,
     /// Sizes of the float and int8 files in bytes.
     pub bytes: [usize; 2],
-    /// Matrix-multiply kernels of the int8 model: integer, integer with fused
+    /// Convolution kernels of the int8 model (tract's matrix products and
+    /// edgeseg's int8 convolutions): integer, integer with fused
     /// requantisation, total.
     pub kernels: [usize; 3],
     /// Median latency in milliseconds of the float and int8 models in tract.
@@ -94,7 +95,7 @@ impl QuantReport {
             self.latency_ms[0] / self.latency_ms[1]
         );
         s += &format!(
-            "tract kernels: {} of {} matrix products run on int8 ({} with fused requantisation); {} nodes stay float\n",
+            "convolution kernels: {} of {} run on int8 ({} with fused requantisation); {} nodes stay float\n",
             self.kernels[0], self.kernels[2], self.kernels[1], self.summary.float_nodes
         );
         if cfg!(target_arch = "x86_64") && self.latency_ms[1] > 4.0 * self.latency_ms[0] {

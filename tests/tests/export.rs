@@ -427,6 +427,59 @@ fn int8_keeps_the_accuracy_of_a_model_that_segments() {
     }
     assert!(report.bytes[1] * 3 < report.bytes[0], "{:?}", report.bytes);
 
+    // edgeseg's int8 convolutions (where the CPU has AVX-512 VNNI) agree
+    // with tract's int8 path on the frames, and leave no convolution on
+    // tract's products.
+    let load = |ours| {
+        let options = firmware::engine::Options {
+            f16: false,
+            winograd: ours,
+            own_ops: ours,
+        };
+        Engine::load_with(&int8, options).unwrap()
+    };
+    let (mut plain, mut fast) = (load(false), load(true));
+    if firmware::engine::qconv::available() {
+        let graph = fast.optimized();
+        let left: Vec<_> = graph
+            .nodes()
+            .iter()
+            .filter(|n| n.op.name().contains("MatMul"))
+            .map(|n| n.name.clone())
+            .collect();
+        assert!(left.is_empty(), "int8 convolutions left to tract: {left:?}");
+        assert!(
+            fast.own_convs() >= 10,
+            "{} own convolutions",
+            fast.own_convs()
+        );
+    } else {
+        eprintln!("this CPU has no AVX-512 VNNI: tract runs every int8 convolution");
+    }
+    let classes = report.info.num_classes();
+    let mask = |logits: &[f32]| {
+        let mut mask = vec![0u8; logits.len() / classes];
+        firmware::post::argmax(logits, classes, &mut mask).unwrap();
+        mask
+    };
+    for input in host::export::validation_inputs(&run.config().unwrap(), size, 3).unwrap() {
+        let expected = plain.run(&input).unwrap().to_vec();
+        let got = fast.run(&input).unwrap();
+        let worst = got
+            .iter()
+            .zip(&expected)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        let (a, b) = (mask(got), mask(&expected));
+        let same = a.iter().zip(&b).filter(|(a, b)| a == b).count();
+        // A requantisation may round one step apart, and that step travels.
+        assert!(worst <= 0.5, "int8 logits {worst} apart");
+        assert!(
+            same * 1000 >= 995 * a.len(),
+            "masks agree on {same} of {}",
+            a.len()
+        );
+    }
+
     // The reference tools accept the int8 file and agree with tract.
     let Some(python) = python() else {
         assert!(

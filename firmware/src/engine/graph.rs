@@ -54,14 +54,17 @@ impl ConvConstants {
     }
 }
 
-/// The value of `outlet` as f32 when it is a constant, or a constant through
+/// The value of `outlet` as `T` when it is a constant, or a constant through
 /// casts (which tract's ONNX import puts on biases and decluttering folds).
-fn constant(model: &TypedModel, mut outlet: OutletId) -> TractResult<Option<Vec<f32>>> {
+pub(super) fn constant<T: Datum + Copy>(
+    model: &TypedModel,
+    mut outlet: OutletId,
+) -> TractResult<Option<Vec<T>>> {
     loop {
         if let Some(value) = &model.outlet_fact(outlet)?.konst {
-            let value = value.cast_to::<f32>()?;
+            let value = value.cast_to::<T>()?;
             let value = value.try_as_plain_ram()?;
-            return Ok(Some(value.as_slice::<f32>()?.to_vec()));
+            return Ok(Some(value.as_slice::<T>()?.to_vec()));
         }
         let node = model.node(outlet.node);
         match node.op_as::<Cast>() {
@@ -88,8 +91,20 @@ pub(super) fn replace<O: TypedOp>(
         Some((with_relu, relu)) => (with_relu(op), relu),
         None => (op, id),
     };
+    replace_from(model, id, model.node(id).inputs[0], op, last)
+}
+
+/// Replaces node `id` of `model` and the nodes after it up to `last` (whose
+/// output `op`'s takes over) by `op` on `input`.
+pub(super) fn replace_from<O: TypedOp>(
+    model: &mut TypedModel,
+    id: usize,
+    input: OutletId,
+    op: O,
+    last: usize,
+) -> TractResult<()> {
     let mut patch = TypedModelPatch::default();
-    let tap = patch.tap_model(model, model.node(id).inputs[0])?;
+    let tap = patch.tap_model(model, input)?;
     let wire = patch.wire_node(&model.node(id).name, op, &[tap])?;
     patch.shunt_outside(model, OutletId::new(last, 0), wire[0])?;
     patch.apply(model)
@@ -180,9 +195,18 @@ impl ConvGeometry {
     /// it is a float 2-D convolution of one group, undilated, on `NCHW` data
     /// with an `OIHW` kernel: the convolutions edgeseg's operators run.
     pub(super) fn of(conv: &Conv, shape: &[usize]) -> Option<ConvGeometry> {
+        conv.q_params
+            .is_none()
+            .then(|| ConvGeometry::spatial(conv, shape))
+            .flatten()
+    }
+
+    /// [`Self::of`] for float and quantised convolutions alike: the
+    /// geometry of a 2-D convolution of one group, undilated, on `NCHW`
+    /// data with an `OIHW` kernel.
+    pub(super) fn spatial(conv: &Conv, shape: &[usize]) -> Option<ConvGeometry> {
         let spec = &conv.pool_spec;
-        let plain = conv.q_params.is_none()
-            && conv.group == 1
+        let plain = conv.group == 1
             && conv.kernel_fmt == KernelFormat::OIHW
             && spec.data_format == DataFormat::NCHW
             && spec.kernel_shape.len() == 2

@@ -17,7 +17,44 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::blas::{scratch, split_work};
 
-/// 2-D max pooling of an `NCHW` f32 input of a fixed size.
+/// A value type [`RowMaxPool`] pools: f32, or i8 in an int8 graph (whose
+/// quantisation is monotonic, so the maximum of the codes is the code of the
+/// maximum).
+pub trait Pooled: Datum + Copy + PartialOrd {
+    /// A value no input is below: the padding, which never wins.
+    const LOWEST: Self;
+    /// Runs `f` on this thread's row buffer of at least `len` values (kept
+    /// from call to call; its contents are whatever the last call left).
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+}
+
+thread_local! {
+    /// The row buffers, kept from frame to frame (two padded rows).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH_I8: std::cell::RefCell<Vec<i8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Pooled for f32 {
+    const LOWEST: f32 = f32::NEG_INFINITY;
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        SCRATCH.with_borrow_mut(|buf| f(scratch(buf, len)))
+    }
+}
+
+impl Pooled for i8 {
+    const LOWEST: i8 = i8::MIN;
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [i8]) -> R) -> R {
+        SCRATCH_I8.with_borrow_mut(|buf| {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            f(&mut buf[..len])
+        })
+    }
+}
+
+/// 2-D max pooling of an `NCHW` input ([`Pooled`]: f32 or i8) of a fixed
+/// size.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RowMaxPool {
     kernel: [usize; 2],
@@ -50,16 +87,16 @@ impl RowMaxPool {
 
     /// Pools every plane of `input` into `out`, planes split over the threads
     /// of tract's current executor.
-    pub fn run(&self, input: &[f32], out: &mut [f32]) {
+    pub fn run<T: Pooled>(&self, input: &[T], out: &mut [T]) {
         let ([h, w], [ho, wo]) = (self.input, self.output);
-        let planes: Vec<(&[f32], &mut [f32])> = input
+        let planes: Vec<(&[T], &mut [T])> = input
             .chunks_exact(h * w)
             .zip(out.chunks_exact_mut(ho * wo))
             .collect();
         let width = self.padded_width();
         split_work(&current_tract_executor(), planes, |(src, dst)| {
-            SCRATCH.with_borrow_mut(|buf| {
-                let (row, full) = scratch(buf, 2 * width).split_at_mut(width);
+            T::with_scratch(2 * width, |buf| {
+                let (row, full) = buf.split_at_mut(width);
                 self.plane(src, dst, row, full);
             })
         });
@@ -74,10 +111,10 @@ impl RowMaxPool {
     }
 
     /// Pools one plane. `row` (at least [`Self::padded_width`] long) holds the
-    /// window's vertical maximum with -inf in the padding; `full` the maximum
+    /// window's vertical maximum with [`Pooled::LOWEST`] in the padding; `full` the maximum
     /// of every window start, of which the strided ones are kept. Every pass
     /// runs over contiguous slices, which the compiler vectorises.
-    fn plane(&self, src: &[f32], dst: &mut [f32], row: &mut [f32], full: &mut [f32]) {
+    fn plane<T: Pooled>(&self, src: &[T], dst: &mut [T], row: &mut [T], full: &mut [T]) {
         let ([h, w], [_, wo]) = (self.input, self.output);
         let ([kh, kw], [sy, sx], [pt, pl]) = (self.kernel, self.stride, self.pad);
         let starts = self.padded_width() + 1 - kw;
@@ -85,7 +122,7 @@ impl RowMaxPool {
             // The window's input rows, clipped to the plane.
             let top = (oy * sy) as isize - pt as isize;
             let rows = top.max(0) as usize..((top + kh as isize).max(0) as usize).min(h);
-            row.fill(f32::NEG_INFINITY);
+            row.fill(T::LOWEST);
             // `if v > m` rather than `f32::max`, whose NaN rules keep it scalar.
             let inner = &mut row[pl..pl + w];
             for y in rows {
@@ -105,11 +142,6 @@ impl RowMaxPool {
             }
         }
     }
-}
-
-thread_local! {
-    /// The row buffers, kept from frame to frame (two padded rows).
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Op for RowMaxPool {
@@ -147,13 +179,16 @@ impl EvalOp for RowMaxPool {
             "input {h}x{w}; expected {:?}",
             self.input
         );
-        let input = input.try_as_plain_ram()?;
-        let input = input.as_slice::<f32>()?;
         let [ho, wo] = self.output;
-        let mut out = Tensor::zero::<f32>(&[n, c, ho, wo])?;
+        let mut out = Tensor::zero_dt(input.datum_type(), &[n, c, ho, wo])?;
         {
+            let input = input.try_as_plain_ram()?;
             let mut view = out.try_as_plain_ram_mut()?;
-            self.run(input, view.as_slice_mut::<f32>()?);
+            if input.datum_type() == i8::datum_type() {
+                self.run(input.as_slice::<i8>()?, view.as_slice_mut::<i8>()?);
+            } else {
+                self.run(input.as_slice::<f32>()?, view.as_slice_mut::<f32>()?);
+            }
         }
         Ok(tvec!(out.into_tvalue()))
     }
@@ -165,7 +200,7 @@ impl TypedOp for RowMaxPool {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let shape = &inputs[0].shape;
         ensure!(shape.rank() == 4, "RowMaxPool takes NCHW input");
-        Ok(tvec!(f32::fact([
+        Ok(tvec!(inputs[0].datum_type.fact([
             shape[0].clone(),
             shape[1].clone(),
             self.output[0].into(),
@@ -174,7 +209,8 @@ impl TypedOp for RowMaxPool {
     }
 }
 
-/// Replaces every 2-D float `NCHW` max pooling of the typed graph `model`
+/// Replaces every 2-D `NCHW` max pooling of f32 or plain i8 values of the
+/// typed graph `model`
 /// (fixed input size, dilation 1, no index output) with [`RowMaxPool`];
 /// returns how many were replaced.
 pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
@@ -189,7 +225,8 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         };
         let spec = &pool.pool_spec;
-        if input.datum_type != f32::datum_type()
+        let pooled = [f32::datum_type(), i8::datum_type()];
+        if !pooled.contains(&input.datum_type)
             || shape.len() != 4
             || pool.with_index_outputs.is_some()
             || spec.data_format != DataFormat::NCHW
@@ -276,6 +313,16 @@ mod tests {
                 pool.run(&input, &mut threaded)
             });
             assert_eq!(threaded, expected);
+            // The same pooling of i8 codes, those of an int8 graph.
+            let codes: Vec<i8> = input.iter().map(|&v| (v as i32 % 128) as i8).collect();
+            let as_f32: Vec<f32> = codes.iter().map(|&v| v as f32).collect();
+            let expected: Vec<i8> = direct(&pool, planes, &as_f32)
+                .iter()
+                .map(|&v| v as i8)
+                .collect();
+            let mut got = vec![0x55i8; planes * ho * wo];
+            pool.run(&codes, &mut got);
+            assert_eq!(got, expected, "i8: {kernel:?} {stride:?} {pad:?} {h}x{w}");
         }
     }
 }
