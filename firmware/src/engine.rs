@@ -82,7 +82,9 @@ pub struct Options {
     /// instead of tract's im2col, packed products and `DeconvSum`: 1x1
     /// ([`pointwise`]), stride-2 transposed ([`upsample`]), those with few
     /// input channels or rows long enough ([`direct`]), and the rest
-    /// ([`gemmconv`]).
+    /// ([`gemmconv`]); and in an int8 model, the quantised convolutions
+    /// ([`qconv`]) and quantisations ([`quantize`]) where the CPU has 8-bit
+    /// dot products.
     pub own_ops: bool,
 }
 

@@ -93,8 +93,8 @@ struct Cli {
     /// edgeseg's Winograd operator (also `EDGESEG_WINOGRAD=0`).
     #[arg(long)]
     no_winograd: bool,
-    /// Run 1x1, transposed and RGB-stem convolutions with tract's own
-    /// operators instead of edgeseg's (also `EDGESEG_OWN_OPS=0`).
+    /// Run every convolution (float and int8) with tract's own operators
+    /// instead of edgeseg's (also `EDGESEG_OWN_OPS=0`).
     #[arg(long)]
     no_own_ops: bool,
     /// Threads for inference (tract's matrix products); capture and output

@@ -907,7 +907,7 @@ mod tests {
     #[test]
     fn qconv_matches_the_definition() {
         if !available() {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI for QConv");
+            eprintln!("skipped: this CPU has neither AVX-512 VNNI nor SDOT for QConv");
             return;
         }
         let mut rng = Rng::new(8);
