@@ -17,8 +17,8 @@
 //! on the way out, 16 output bytes at a time.
 //!
 //! The semantics are those of tract's quantised `Conv` (and of ONNX
-//! `QLinearConv`): `y = sat(round((sum k (x - x0) + bias) * kx_scale / y_scale)
-//! + y0)` with symmetric weights (`k0 = 0`). The scale is applied in f32,
+//! `QLinearConv`): `y = sat(round((sum k (x - x0) + bias) * k_scale * x_scale
+//! / y_scale) + y0)` with symmetric weights (`k0 = 0`). The scale is applied in f32,
 //! where tract uses a fixed-point multiplier, so an output may differ from
 //! tract's by one step where the product falls on a rounding tie.
 
@@ -231,29 +231,53 @@ impl QConv {
         let ([h, w], [pt, pl], sx) = (g.input, g.pad, g.stride[1]);
         let (rows, words, c4s) = self.packed_dims();
         let flip = SHIFT as u8;
-        let pad = (self.x0 as u8) ^ flip;
-        packed.fill(u32::from_le_bytes([pad; 4]));
-        let bytes: &mut [u8] = bytemuck_words(packed);
+        packed.fill(u32::from_le_bytes([(self.x0 as u8) ^ flip; 4]));
+        // The channels past `ins` in the last group read a row of zero
+        // points (their weights are zero).
+        let zeros = vec![self.x0; w];
         for c4 in 0..c4s {
             for row in 0..rows {
                 let Some(iy) = row.checked_sub(pt).filter(|&iy| iy < h) else {
                     continue;
                 };
+                let channel = |j: usize| {
+                    let c = 4 * c4 + j;
+                    if c < g.ins {
+                        &input[(c * h + iy) * w..][..w]
+                    } else {
+                        &zeros[..]
+                    }
+                };
+                let [r0, r1, r2, r3] = [0, 1, 2, 3].map(channel);
                 let base = (c4 * rows + row) * sx * words;
-                for j in 0..4.min(g.ins - 4 * c4) {
-                    let src = &input[((4 * c4 + j) * h + iy) * w..][..w];
+                for phase in 0..sx {
+                    // Words i of this phase hold column ix = i * sx + phase - pl.
+                    let lo = pl.saturating_sub(phase).div_ceil(sx);
+                    let hi = (w + pl).saturating_sub(phase).div_ceil(sx).min(words);
+                    if lo >= hi {
+                        continue;
+                    }
+                    let dst = &mut packed[base + phase * words + lo..base + phase * words + hi];
+                    let first = lo * sx + phase - pl;
+                    let word = |a: i8, b: i8, c: i8, d: i8| {
+                        u32::from_le_bytes([a as u8, b as u8, c as u8, d as u8].map(|v| v ^ flip))
+                    };
                     if sx == 1 {
-                        let dst = &mut bytes[(base + pl) * 4..][..w * 4];
-                        for (d, &s) in dst.chunks_exact_mut(4).zip(src) {
-                            d[j] = (s as u8) ^ flip;
+                        // Four contiguous rows interleaved: vectorised.
+                        let n = dst.len();
+                        let (r0, r1, r2, r3) = (
+                            &r0[first..][..n],
+                            &r1[first..][..n],
+                            &r2[first..][..n],
+                            &r3[first..][..n],
+                        );
+                        for (i, d) in dst.iter_mut().enumerate() {
+                            *d = word(r0[i], r1[i], r2[i], r3[i]);
                         }
                     } else {
-                        for (ix, &s) in src.iter().enumerate() {
-                            let col = ix + pl;
-                            let (phase, i) = (col % sx, col / sx);
-                            if i < words {
-                                bytes[(base + phase * words + i) * 4 + j] = (s as u8) ^ flip;
-                            }
+                        for (i, d) in dst.iter_mut().enumerate() {
+                            let ix = first + i * sx;
+                            *d = word(r0[ix], r1[ix], r2[ix], r3[ix]);
                         }
                     }
                 }
@@ -568,17 +592,6 @@ fn sdot<const LANE: i32>(
 /// range.
 const CLAMP: f32 = 65536.0;
 
-/// `words` as bytes.
-fn bytemuck_words(words: &mut [u32]) -> &mut [u8] {
-    let len = words.len() * 4;
-    // SAFETY: u8 has no alignment requirement and no invalid values, and the
-    // bytes are exactly the words' memory, borrowed mutably as they are.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len)
-    }
-}
-
 thread_local! {
     /// The packed input, kept from call to call.
     static PACKED: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -774,15 +787,14 @@ fn quantized_geometry(
             .shape
             .as_concrete()
             .map(|s| s.to_vec());
-        if let Some(&[n, c, h, w]) = before_shape.as_deref() {
-            if shape[0] == n
-                && geometry.ins == c
-                && geometry.output == [h.div_ceil(stride[0]), w.div_ceil(stride[1])]
-            {
-                geometry.stride = stride;
-                geometry.input = [h, w];
-                input = before;
-            }
+        if let Some(&[n, c, h, w]) = before_shape.as_deref()
+            && shape[0] == n
+            && geometry.ins == c
+            && geometry.output == [h.div_ceil(stride[0]), w.div_ceil(stride[1])]
+        {
+            geometry.stride = stride;
+            geometry.input = [h, w];
+            input = before;
         }
     }
     Ok(Some((geometry, out_rank, input)))
