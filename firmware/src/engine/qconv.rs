@@ -1,20 +1,21 @@
-//! int8 convolutions computed directly with AVX-512 VNNI (`vpdpbusd`), as a
-//! tract operator substituted into the decluttered int8 graph at load (see
-//! [`substitute`]).
+//! int8 convolutions computed directly with 8-bit dot products (AVX-512
+//! VNNI's `vpdpbusd` on x86-64, `sdot` on aarch64), as a tract operator
+//! substituted into the decluttered int8 graph at load (see [`substitute`]).
 //!
 //! tract runs a quantised convolution as a materialised im2col (nine copies
 //! of the input for a 3x3), an i32 matrix product, then passes of its own to
 //! compensate the zero points and requantise: on the demo model that is
 //! about twice the float model's time. Here the input is packed once per
-//! convolution with 4 channels side by side in each 32-bit word, offset to
-//! unsigned bytes and padded with its zero point ([`QConv::pack`]). Each
-//! block of [`PIXELS`] output pixels of a row then keeps [`OUTS`] output
-//! channels in i32 registers, one per channel with a pixel in each lane:
-//! every kernel tap multiplies 4 channels of the block's pixels by an output
-//! channel's 4 weights in one `vpdpbusd`, the weights broadcast from memory.
-//! The zero points fold into one constant per output channel, and the
-//! requantisation (scale, rounding to even, zero point, saturation) is done
-//! on the way out, 16 output bytes at a time.
+//! convolution with 4 channels side by side in each 32-bit word (offset to
+//! unsigned bytes on x86, where `vpdpbusd` wants them) and padded with its
+//! zero point (`QConv::pack`). Each block of [`PIXELS`] output pixels of a
+//! row (two half rows on narrow planes) then keeps [`OUTS`] output channels
+//! in i32 registers, a pixel in each lane: every kernel tap multiplies 4
+//! channels of the block's pixels by an output channel's 4 weights in one
+//! instruction, the weights broadcast from memory (x86) or taken from a lane
+//! (aarch64). The zero points fold into one constant per output channel, and
+//! the requantisation (scale, rounding to even, zero point, saturation) is
+//! done on the way out, 16 output bytes at a time.
 //!
 //! The semantics are those of tract's quantised `Conv` (and of ONNX
 //! `QLinearConv`): `y = sat(round((sum k (x - x0) + bias) * k_scale * x_scale
@@ -803,7 +804,7 @@ fn quantized_geometry(
 /// Replaces every quantised convolution of the decluttered int8 graph
 /// `model` that [`QConv`] runs (i8 input and output, i8 kernel of zero point
 /// 0, constant quantisation, horizontal stride up to [`MAX_STRIDE`]; see
-/// [`quantized_geometry`] for the forms) by one, if this CPU runs it
+/// `quantized_geometry` for the forms) by one, if this CPU runs it
 /// ([`available`]); returns how many were replaced. Shapes must be concrete.
 pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
     if !available() {
