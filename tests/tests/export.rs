@@ -245,6 +245,29 @@ fn flip_averaging_on_the_board_matches_the_host_and_mirrors_exactly() {
     assert!(changed > 0, "flip averaging changed no pixel");
 }
 
+/// `model` loaded with edgeseg's own operators (Winograd and the others) or,
+/// when `ours` is false, on tract's own path only.
+fn load_own_ops(model: &std::path::Path, ours: bool) -> Engine {
+    let options = firmware::engine::Options {
+        f16: false,
+        winograd: ours,
+        own_ops: ours,
+    };
+    Engine::load_with(model, options).unwrap()
+}
+
+/// The nodes of `engine`'s optimised graph that are still tract's matrix
+/// products.
+fn left_on_tract_products(engine: &Engine) -> Vec<String> {
+    engine
+        .optimized()
+        .nodes()
+        .iter()
+        .filter(|n| n.op.name().contains("MatMul"))
+        .map(|n| n.name.clone())
+        .collect()
+}
+
 /// edgeseg's Winograd, pointwise, upsampling, direct and im2col-product
 /// operators against tract's own convolutions on exported networks at sizes
 /// that are not multiples of the tiles: every logit within 1e-4 of the
@@ -252,7 +275,6 @@ fn flip_averaging_on_the_board_matches_the_host_and_mirrors_exactly() {
 /// convolution left on tract's products).
 #[test]
 fn own_convolutions_match_tract_on_exported_models() {
-    use firmware::engine::Options;
     let dir = tempfile::tempdir().unwrap();
     let models = [
         ModelConfig::unet(11, 16),
@@ -264,15 +286,7 @@ fn own_convolutions_match_tract_on_exported_models() {
         for size in [firmware::Size::new(61, 45), firmware::Size::new(98, 70)] {
             let out = dir.path().join(format!("{i}-{size}.onnx"));
             host::export::export_run(&run, "best.bpk", Some(size), &out, 1).unwrap();
-            let load = |ours| {
-                let options = Options {
-                    f16: false,
-                    winograd: ours,
-                    own_ops: ours,
-                };
-                Engine::load_with(&out, options).unwrap()
-            };
-            let (mut plain, mut fast) = (load(false), load(true));
+            let (mut plain, mut fast) = (load_own_ops(&out, false), load_own_ops(&out, true));
             assert_eq!((plain.winograd_convs(), plain.own_convs()), (0, 0));
             assert!(
                 fast.winograd_convs() >= 2 && fast.own_convs() >= 2,
@@ -282,13 +296,7 @@ fn own_convolutions_match_tract_on_exported_models() {
                 fast.own_convs()
             );
             // Every convolution is off tract's products.
-            let graph = fast.optimized();
-            let left: Vec<_> = graph
-                .nodes()
-                .iter()
-                .filter(|n| n.op.name().contains("MatMul"))
-                .map(|n| n.name.clone())
-                .collect();
+            let left = left_on_tract_products(&fast);
             assert!(left.is_empty(), "{} at {size}: {left:?}", model.name());
             // Every ReLU after an im2col convolution is fused into its
             // product (none left behind the convolution's reshape).
@@ -430,23 +438,9 @@ fn int8_keeps_the_accuracy_of_a_model_that_segments() {
     // edgeseg's int8 convolutions (where the CPU has AVX-512 VNNI) agree
     // with tract's int8 path on the frames, and leave no convolution on
     // tract's products.
-    let load = |ours| {
-        let options = firmware::engine::Options {
-            f16: false,
-            winograd: ours,
-            own_ops: ours,
-        };
-        Engine::load_with(&int8, options).unwrap()
-    };
-    let (mut plain, mut fast) = (load(false), load(true));
+    let (mut plain, mut fast) = (load_own_ops(&int8, false), load_own_ops(&int8, true));
     if firmware::engine::qconv::available() {
-        let graph = fast.optimized();
-        let left: Vec<_> = graph
-            .nodes()
-            .iter()
-            .filter(|n| n.op.name().contains("MatMul"))
-            .map(|n| n.name.clone())
-            .collect();
+        let left = left_on_tract_products(&fast);
         assert!(left.is_empty(), "int8 convolutions left to tract: {left:?}");
         assert!(
             fast.own_convs() >= 10,

@@ -1,7 +1,7 @@
 //! What edgeseg's own operators share: matrix products through the `gemm`
 //! crate and work split over the threads of tract's executor.
 
-use tract_linalg::multithread::Executor;
+use tract_linalg::multithread::{Executor, current_tract_executor};
 
 /// Threads `executor` runs on.
 pub(super) fn threads(executor: &Executor) -> usize {
@@ -86,6 +86,29 @@ pub(super) fn split_work<T: Send>(executor: &Executor, items: Vec<T>, work: impl
         }
     }
     split(executor, groups, |group| group.into_iter().for_each(&work));
+}
+
+/// Splits `out`, planes of `rows x width` values, into one block of
+/// consecutive rows per thread of tract's current executor and runs
+/// `work(first, planes)` on each over the executor: `planes` holds rows
+/// `first..` of every plane, the same count in each.
+pub(super) fn split_rows<T: Send>(
+    out: &mut [T],
+    [rows, width]: [usize; 2],
+    work: impl Fn(usize, &mut [&mut [T]]) + Sync,
+) {
+    let executor = current_tract_executor();
+    let step = rows.div_ceil(threads(&executor));
+    let mut blocks: Vec<Vec<&mut [T]>> = (0..rows.div_ceil(step)).map(|_| Vec::new()).collect();
+    for plane in out.chunks_exact_mut(rows * width) {
+        for (b, chunk) in plane.chunks_mut(step * width).enumerate() {
+            blocks[b].push(chunk);
+        }
+    }
+    let items: Vec<_> = blocks.into_iter().enumerate().collect();
+    split_work(&executor, items, |(b, mut planes)| {
+        work(b * step, &mut planes)
+    });
 }
 
 /// `c (m x n) = a (m x k) @ b (k x n)`, all row-major and contiguous.

@@ -17,12 +17,11 @@
 
 use std::sync::Arc;
 
-use tract_linalg::multithread::current_tract_executor;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::Conv;
 
-use super::blas::{scratch, split_work, threads};
+use super::blas::{scratch, split_rows};
 use super::graph::{ConvConstants, ConvGeometry, eval_images, replace};
 
 /// Input channels up to which convolutions run here whatever their plane:
@@ -135,24 +134,15 @@ impl DirectConv {
         if ho == 0 || wo == 0 {
             return;
         }
-        // Blocks of consecutive output rows, one per thread: block b writes
-        // rows step * b.. of every plane.
-        let step = ho.div_ceil(threads(&current_tract_executor()));
-        let mut blocks: Vec<Vec<&mut [f32]>> = (0..ho.div_ceil(step)).map(|_| Vec::new()).collect();
-        for plane in out.chunks_exact_mut(ho * wo) {
-            for (b, chunk) in plane.chunks_mut(step * wo).enumerate() {
-                blocks[b].push(chunk);
-            }
-        }
-        let work: Vec<_> = blocks.into_iter().enumerate().collect();
-        split_work(&current_tract_executor(), work, |(b, mut planes)| {
+        // Blocks of consecutive output rows, one per thread.
+        split_rows(out, [ho, wo], |first, planes| {
             SCRATCH.with_borrow_mut(|buf| {
                 let window = self.geometry.ins * self.geometry.kernel[0] * self.padded_width();
                 let buf = scratch(buf, window + LANES * wo);
                 let (window, acc) = buf.split_at_mut(window);
                 let rows = planes[0].len() / wo;
                 for local in 0..rows {
-                    self.row(input, b * step + local, local, window, acc, &mut planes);
+                    self.row(input, first + local, local, window, acc, planes);
                 }
             })
         });

@@ -25,7 +25,6 @@
 
 use std::sync::Arc;
 
-use tract_linalg::multithread::current_tract_executor;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::Downsample;
@@ -33,7 +32,7 @@ use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::blas::{split_work, threads};
+use super::blas::split_rows;
 use super::graph::{ConvGeometry, constant, replace_from};
 
 /// Output pixels per block: the i32 lanes of one AVX-512 register, of four
@@ -233,21 +232,20 @@ impl QConv {
         let (rows, words, c4s) = self.packed_dims();
         let flip = SHIFT as u8;
         packed.fill(u32::from_le_bytes([(self.x0 as u8) ^ flip; 4]));
-        // The channels past `ins` in the last group read a row of zero
-        // points (their weights are zero).
-        let zeros = vec![self.x0; w];
         for c4 in 0..c4s {
             for row in 0..rows {
                 let Some(iy) = row.checked_sub(pt).filter(|&iy| iy < h) else {
                     continue;
                 };
+                // Channels past `ins` in the last group repeat its first:
+                // their weights are zero.
                 let channel = |j: usize| {
-                    let c = 4 * c4 + j;
-                    if c < g.ins {
-                        &input[(c * h + iy) * w..][..w]
+                    let c = if 4 * c4 + j < g.ins {
+                        4 * c4 + j
                     } else {
-                        &zeros[..]
-                    }
+                        4 * c4
+                    };
+                    &input[(c * h + iy) * w..][..w]
                 };
                 let [r0, r1, r2, r3] = [0, 1, 2, 3].map(channel);
                 let base = (c4 * rows + row) * sx * words;
@@ -307,54 +305,57 @@ impl QConv {
             let packed = &mut packed[..len];
             self.pack(input, packed);
             let packed = &*packed;
-            let step = ho.div_ceil(threads(&current_tract_executor()));
-            let mut blocks: Vec<Vec<&mut [i8]>> =
-                (0..ho.div_ceil(step)).map(|_| Vec::new()).collect();
-            for plane in out.chunks_exact_mut(ho * wo) {
-                for (b, chunk) in plane.chunks_mut(step * wo).enumerate() {
-                    blocks[b].push(chunk);
-                }
-            }
-            let work: Vec<_> = blocks.into_iter().enumerate().collect();
-            split_work(&current_tract_executor(), work, |(b, mut planes)| {
-                let first = b * step;
+            split_rows(out, [ho, wo], |first, planes| {
                 let count = planes[0].len() / wo;
-                // SAFETY: `available()` was asserted above; the kernels
-                // check their slices' lengths before reading them.
-                #[cfg(target_arch = "x86_64")]
-                #[allow(unsafe_code)]
-                unsafe {
-                    self.rows_avx512(packed, first, count, &mut planes)
-                };
-                #[cfg(target_arch = "aarch64")]
-                #[allow(unsafe_code)]
-                unsafe {
-                    self.rows_sdot(packed, first, count, &mut planes)
-                };
-                #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-                let _ = (packed, first, count, &mut planes);
+                self.rows(packed, first, count, planes)
             });
         });
     }
 
     /// Output rows `first .. first + count` of every plane (rows `0..count`
-    /// of `planes`), from the packed input.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[allow(unsafe_code)]
-    fn rows_avx512(&self, packed: &[u32], first: usize, count: usize, planes: &mut [&mut [i8]]) {
-        if self.paired() {
-            self.rows_avx512_::<true>(packed, first, count, planes)
-        } else {
-            self.rows_avx512_::<false>(packed, first, count, planes)
-        }
+    /// of `planes`), from the packed input, with this CPU's kernel (which
+    /// [`Self::run`] asserted it has).
+    fn rows(&self, packed: &[u32], first: usize, count: usize, planes: &mut [&mut [i8]]) {
+        let g = &self.geometry;
+        let (rows, words, c4s) = self.packed_dims();
+        assert_eq!(packed.len(), c4s * rows * g.stride[1] * words);
+        assert_eq!(
+            self.weights.len(),
+            g.outs.div_ceil(OUTS) * c4s * g.kernel[0] * g.kernel[1] * OUTS
+        );
+        assert!(first + count <= g.output[0]);
+        assert_eq!(planes.len(), g.outs);
+        let pair = self.paired();
+        // SAFETY: `run` asserted `available()`, the kernels' instructions;
+        // the lengths their slices are read at are asserted above.
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        unsafe {
+            if pair {
+                self.rows_avx512::<true>(packed, first, count, planes)
+            } else {
+                self.rows_avx512::<false>(packed, first, count, planes)
+            }
+        };
+        #[cfg(target_arch = "aarch64")]
+        #[allow(unsafe_code)]
+        unsafe {
+            if pair {
+                self.rows_sdot::<true>(packed, first, count, planes)
+            } else {
+                self.rows_sdot::<false>(packed, first, count, planes)
+            }
+        };
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let _ = (packed, first, count, planes, pair);
     }
 
-    /// [`Self::rows_avx512`], with a block of two half rows when `PAIR`.
+    /// [`Self::rows`] with AVX-512 VNNI, with a block of two half rows
+    /// when `PAIR`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     #[allow(unsafe_code)]
-    fn rows_avx512_<const PAIR: bool>(
+    fn rows_avx512<const PAIR: bool>(
         &self,
         packed: &[u32],
         first: usize,
@@ -366,13 +367,6 @@ impl QConv {
         let ([_, wo], [kh, kw], [sy, sx]) = (g.output, g.kernel, g.stride);
         let (rows, words, c4s) = self.packed_dims();
         let taps = c4s * kh * kw;
-        assert_eq!(packed.len(), c4s * rows * sx * words);
-        assert_eq!(
-            self.weights.len(),
-            self.offset.len().div_ceil(OUTS) * taps * OUTS
-        );
-        assert!(first + count <= g.output[0]);
-        assert_eq!(planes.len(), g.outs);
         let y0 = _mm512_set1_epi32(self.y0);
         let (lo, hi) = (_mm512_set1_ps(-CLAMP), _mm512_set1_ps(CLAMP));
         for (b, weights) in self.weights.chunks_exact(taps * OUTS).enumerate() {
@@ -449,26 +443,14 @@ impl QConv {
         }
     }
 
-    /// [`Self::rows_avx512`] for aarch64 with the dot-product extension:
+    /// [`Self::rows`] for aarch64 with the dot-product extension:
     /// [`PIXELS`] pixels in four registers, [`OUTS`] = 4 output channels,
     /// each `sdot` taking one channel's 4 weights from a lane of the
-    /// weights' register.
+    /// weights' register; a block of two half rows when `PAIR`.
     #[cfg(target_arch = "aarch64")]
     #[target_feature(enable = "dotprod")]
     #[allow(unsafe_code)]
-    fn rows_sdot(&self, packed: &[u32], first: usize, count: usize, planes: &mut [&mut [i8]]) {
-        if self.paired() {
-            self.rows_sdot_::<true>(packed, first, count, planes)
-        } else {
-            self.rows_sdot_::<false>(packed, first, count, planes)
-        }
-    }
-
-    /// [`Self::rows_sdot`], with a block of two half rows when `PAIR`.
-    #[cfg(target_arch = "aarch64")]
-    #[target_feature(enable = "dotprod")]
-    #[allow(unsafe_code)]
-    fn rows_sdot_<const PAIR: bool>(
+    fn rows_sdot<const PAIR: bool>(
         &self,
         packed: &[u32],
         first: usize,
@@ -480,13 +462,6 @@ impl QConv {
         let ([_, wo], [kh, kw], [sy, sx]) = (g.output, g.kernel, g.stride);
         let (rows, words, c4s) = self.packed_dims();
         let taps = c4s * kh * kw;
-        assert_eq!(packed.len(), c4s * rows * sx * words);
-        assert_eq!(
-            self.weights.len(),
-            self.offset.len().div_ceil(OUTS) * taps * OUTS
-        );
-        assert!(first + count <= g.output[0]);
-        assert_eq!(planes.len(), g.outs);
         let y0 = vdupq_n_s32(self.y0);
         let (lo, hi) = (vdupq_n_f32(-CLAMP), vdupq_n_f32(CLAMP));
         for (b, weights) in self.weights.chunks_exact(taps * OUTS).enumerate() {
@@ -494,7 +469,7 @@ impl QConv {
             let step = if PAIR { 2 } else { 1 };
             for local in (0..count).step_by(step) {
                 let row = (first + local) * sy;
-                // As in `rows_avx512_`: the second half's words.
+                // As in `rows_avx512`: the second half's words.
                 let next = if PAIR && local + 1 < count {
                     sy * sx * words
                 } else {
